@@ -1,0 +1,126 @@
+//! A request id for every call: the caller's `x-request-id` when it sent a
+//! sane one, else a fresh one. It is stored in the request's extensions for
+//! the handlers, echoed in the response headers (gRPC response metadata, also
+//! on failures), and written in the call's log line, so an operator can find
+//! the log of any failure a user reports.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue};
+use rand::RngCore as _;
+use tower::{Layer, Service};
+
+/// The metadata key of the request id, in both directions.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest caller-supplied id that is kept; a longer or odd one is
+/// replaced so that a caller cannot bloat or forge log lines.
+const MAX_LEN: usize = 128;
+
+/// A call's request id, as found in the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id's text (always printable ASCII).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("-")
+    }
+
+    /// A fresh random id: 16 random bytes as hex.
+    fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut text = [0u8; 32];
+        for (i, byte) in bytes.iter().enumerate() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            text[2 * i] = HEX[usize::from(byte >> 4)];
+            text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        RequestId(HeaderValue::from_bytes(&text).expect("hex is a valid header value"))
+    }
+
+    /// The caller's id when it is 1 to [`MAX_LEN`] characters of
+    /// `[A-Za-z0-9._:-]`.
+    fn from_caller(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let sane = !bytes.is_empty()
+            && bytes.len() <= MAX_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        sane.then(|| RequestId(value.clone()))
+    }
+
+    /// The id for an incoming request.
+    fn for_request<B>(request: &http::Request<B>) -> Self {
+        request
+            .headers()
+            .get(&HEADER)
+            .and_then(Self::from_caller)
+            .unwrap_or_else(Self::generate)
+    }
+}
+
+/// Tags every call with a [`RequestId`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequestIdService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let id = RequestId::for_request(&request);
+        let header = id.0.clone();
+        request.extensions_mut().insert(id);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            response.headers_mut().insert(HEADER, header);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_sane_caller_ids_and_replaces_others() {
+        let keep = HeaderValue::from_static("req-42.a:b_c");
+        assert_eq!(RequestId::from_caller(&keep).unwrap().as_str(), "req-42.a:b_c");
+        for bad in ["", "has space", "quote\"", "x".repeat(129).as_str()] {
+            assert!(RequestId::from_caller(&HeaderValue::from_str(bad).unwrap()).is_none());
+        }
+        let generated = RequestId::generate();
+        assert_eq!(generated.as_str().len(), 32);
+        assert_ne!(generated.as_str(), RequestId::generate().as_str());
+    }
+}

@@ -1,0 +1,239 @@
+//! The gRPC service: validates each request, calls the store, and turns the
+//! outcome into a response or a typed failure, with one log line per call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+
+use crate::clock::Millis;
+use crate::error::Failure;
+use crate::pb;
+use crate::request_id::RequestId;
+use crate::store::{NewCredential, Store, StoreConfig};
+use crate::token::{self, CredentialId, Token};
+use crate::validate::Violations;
+
+/// How long a caller turned away during shutdown should wait before retrying.
+const RETRY_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// The `CredentialAuthority` service.
+#[derive(Clone)]
+pub struct AuthorityService {
+    store: Store,
+    limits: StoreConfig,
+    draining: Arc<AtomicBool>,
+}
+
+impl AuthorityService {
+    /// A service over `store`, which enforces `limits`. Once `draining` is set
+    /// (shutdown began), new calls fail with UNAVAILABLE and RetryInfo.
+    pub fn new(store: Store, limits: StoreConfig, draining: Arc<AtomicBool>) -> Self {
+        AuthorityService {
+            store,
+            limits,
+            draining,
+        }
+    }
+
+    /// Starts a call: its request id and start time, or UNAVAILABLE when the
+    /// server is shutting down.
+    fn begin<T>(&self, method: &'static str, request: &Request<T>) -> Call {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map_or_else(|| "-".to_owned(), |id| id.as_str().to_owned());
+        Call {
+            method,
+            request_id,
+            started: Instant::now(),
+            draining: self.draining.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// One call in progress, for its log line.
+struct Call {
+    method: &'static str,
+    request_id: String,
+    started: Instant,
+    draining: bool,
+}
+
+impl Call {
+    /// Fails the call early if the server is shutting down.
+    fn admit(&self) -> Result<(), Failure> {
+        if self.draining {
+            Err(Failure::Unavailable {
+                message: "the server is shutting down",
+                retry_after: RETRY_AFTER_SHUTDOWN,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes the call's log line and turns the outcome into the gRPC answer.
+    fn finish<T>(
+        self,
+        outcome: Result<T, Failure>,
+        credential_id: Option<CredentialId>,
+    ) -> Result<Response<T>, Status> {
+        let latency_us = self.started.elapsed().as_micros() as u64;
+        let credential_id = credential_id.or(match &outcome {
+            Err(Failure::Dead(dead)) => Some(dead.credential_id),
+            _ => None,
+        });
+        let credential = tracing::field::display(
+            credential_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+        );
+        match outcome {
+            Ok(response) => {
+                tracing::info!(
+                    method = self.method,
+                    request_id = %self.request_id,
+                    credential_id = credential,
+                    outcome = "OK",
+                    latency_us,
+                    "rpc"
+                );
+                Ok(Response::new(response))
+            }
+            Err(failure) => {
+                tracing::info!(
+                    method = self.method,
+                    request_id = %self.request_id,
+                    credential_id = credential,
+                    outcome = failure.reason(),
+                    code = ?failure.code(),
+                    latency_us,
+                    "rpc"
+                );
+                Err(failure.into_status(&self.request_id))
+            }
+        }
+    }
+}
+
+/// A store instant as a protobuf timestamp.
+fn timestamp(at: Millis) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: (at / 1000) as i64,
+        nanos: ((at % 1000) * 1_000_000) as i32,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
+    async fn mint(
+        &self,
+        request: Request<pb::MintRequest>,
+    ) -> Result<Response<pb::MintResponse>, Status> {
+        let call = self.begin("Mint", &request);
+        let request = request.into_inner();
+        let mut minted_id = None;
+        let outcome = call.admit().and_then(|()| {
+            let mut violations = Violations::default();
+            let thread_id = violations.id("thread_id", &request.thread_id, true);
+            let provider_instance_id =
+                violations.id("provider_instance_id", &request.provider_instance_id, true);
+            let provider_kind = violations.id("provider_kind", &request.provider_kind, false);
+            let idle_timeout = violations.duration(
+                "idle_timeout",
+                request.idle_timeout.as_ref(),
+                self.limits.idle_timeout,
+            );
+            let max_lifetime = violations.duration(
+                "max_lifetime",
+                request.max_lifetime.as_ref(),
+                self.limits.max_lifetime,
+            );
+            violations.into_result(())?;
+            let new = NewCredential {
+                thread_id: thread_id.unwrap_or_default(),
+                provider_instance_id: provider_instance_id.unwrap_or_default(),
+                provider_kind,
+                idle_timeout,
+                max_lifetime,
+            };
+            let token = Token::generate();
+            let minted = self.store.mint(token.digest(), new);
+            minted_id = Some(minted.credential_id);
+            Ok(pb::MintResponse {
+                token: token.into_string(),
+                credential_id: minted.credential_id.to_string(),
+                expires_at: timestamp(minted.deadlines.expires_at),
+                idle_expires_at: timestamp(minted.deadlines.idle_expires_at),
+            })
+        });
+        call.finish(outcome, minted_id)
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let call = self.begin("Resolve", &request);
+        let presented = &request.get_ref().token;
+        let mut resolved_id = None;
+        let outcome = call.admit().and_then(|()| {
+            if presented.is_empty() {
+                let mut violations = Violations::default();
+                violations.add("token", "token is required");
+                return Err(violations.into_result(()).unwrap_err().into());
+            }
+            let digest = token::parse(presented)?;
+            let resolved = self.store.resolve(&digest)?;
+            resolved_id = Some(resolved.credential_id);
+            Ok(pb::ResolveResponse {
+                credential_id: resolved.credential_id.to_string(),
+                thread_id: resolved.thread_id.to_string(),
+                provider_instance_id: resolved.provider_instance_id.to_string(),
+                provider_kind: resolved
+                    .provider_kind
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_owned(),
+                expires_at: timestamp(resolved.deadlines.expires_at),
+                idle_expires_at: timestamp(resolved.deadlines.idle_expires_at),
+                created_at: timestamp(resolved.created_at),
+            })
+        });
+        call.finish(outcome, resolved_id)
+    }
+
+    async fn revoke_thread(
+        &self,
+        request: Request<pb::RevokeThreadRequest>,
+    ) -> Result<Response<pb::RevokeThreadResponse>, Status> {
+        let call = self.begin("RevokeThread", &request);
+        let outcome = call.admit().and_then(|()| {
+            let mut violations = Violations::default();
+            let thread_id = violations.id("thread_id", &request.get_ref().thread_id, true);
+            violations.into_result(())?;
+            let revoked = self.store.revoke_thread(thread_id.unwrap_or_default());
+            Ok(pb::RevokeThreadResponse { revoked })
+        });
+        call.finish(outcome, None)
+    }
+
+    async fn revoke_all(
+        &self,
+        request: Request<pb::RevokeAllRequest>,
+    ) -> Result<Response<pb::RevokeAllResponse>, Status> {
+        let call = self.begin("RevokeAll", &request);
+        let outcome = call.admit().and_then(|()| {
+            let mut violations = Violations::default();
+            let instance = violations.id(
+                "provider_instance_id",
+                &request.get_ref().provider_instance_id,
+                false,
+            );
+            violations.into_result(())?;
+            let revoked = self.store.revoke_all(instance);
+            Ok(pb::RevokeAllResponse { revoked })
+        });
+        call.finish(outcome, None)
+    }
+}

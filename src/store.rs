@@ -1,0 +1,818 @@
+//! The embedded in-memory credential store.
+//!
+//! Shaped after mini-redis's `Db`: [`Store`] is a cheap-to-clone handle over
+//! `Arc<Shared>`, and a background sweeper (started by [`Store::spawn_sweeper`]
+//! and stopped when its [`SweeperGuard`] drops) removes dead credentials.
+//! Unlike mini-redis, no expiry index is touched on the hot path:
+//!
+//! - Records live in a sharded map keyed by the token's digest. Resolve takes
+//!   one shard's read lock and renews the record with atomics; it never takes a
+//!   lock shared by all credentials.
+//! - Revoke-all is a generation bump: a record minted at generation `g` of its
+//!   provider instance (and of the whole store) is dead once the current
+//!   generation is above `g`. Its cost does not depend on how many credentials
+//!   exist; the sweeper removes such records lazily.
+//! - The sweeper's deadline queue is written by Mint and the sweeper only. A
+//!   renewal does not move the queued entry: when an entry falls due, the
+//!   sweeper re-reads the record and re-queues it if its deadline slid. So the
+//!   sweeper's cost grows with what falls due, not with what is live.
+//! - A dead credential leaves a tombstone (bounded by age and count) so that
+//!   Resolve can say `TOKEN_REVOKED` or `TOKEN_EXPIRED` rather than
+//!   `TOKEN_UNKNOWN`.
+//!
+//! The store never sees a token: it is keyed by [`TokenDigest`].
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use nohash_hasher::BuildNoHashHasher;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, Millis};
+use crate::token::{CredentialId, TokenDigest};
+
+/// How many due deadlines the sweeper handles per lock of the queue, so that a
+/// mass expiry never holds the queue (and so Mint) for long and the sweeper
+/// yields to RPC work between batches.
+const SWEEP_BATCH: usize = 1024;
+
+/// The longest the sweeper sleeps without re-checking, as a safety net against
+/// a missed wake-up.
+const MAX_SWEEPER_SLEEP: Duration = Duration::from_secs(60);
+
+/// A map keyed by token digest. Digests are uniform already, so the map uses
+/// their first 8 bytes as the hash instead of SipHash (see [`TokenDigest`]).
+type DigestMap<V> = DashMap<TokenDigest, V, BuildNoHashHasher<u64>>;
+
+/// The limits the store enforces, fixed when it starts.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// How long a credential may go unused before it dies (default and upper
+    /// bound of a per-credential override).
+    pub idle_timeout: Duration,
+    /// How far each use pushes `expires_at` ahead: the backstop for unused
+    /// credentials (default and upper bound of a per-credential override).
+    pub max_lifetime: Duration,
+    /// An optional hard limit counted from mint time that renewal never
+    /// passes.
+    pub absolute_lifetime: Option<Duration>,
+    /// How long a dead credential's tombstone is kept.
+    pub tombstone_retention: Duration,
+    /// How many tombstones are kept at most; the oldest go first.
+    pub tombstone_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    /// The defaults of the reference registry: 30 minutes idle, 30 days max
+    /// lifetime, no absolute lifetime; tombstones for 24 hours.
+    fn default() -> Self {
+        StoreConfig {
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
+            absolute_lifetime: None,
+            tombstone_retention: Duration::from_secs(24 * 60 * 60),
+            tombstone_capacity: 1_000_000,
+        }
+    }
+}
+
+/// What Mint needs to know about the new credential, already validated.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCredential<'a> {
+    /// The session thread the credential belongs to.
+    pub thread_id: &'a str,
+    /// The provider adapter instance that runs the session.
+    pub provider_instance_id: &'a str,
+    /// An optional provider label ("claude", "codex", ...).
+    pub provider_kind: Option<&'a str>,
+    /// A per-credential idle timeout; clamped to the store's.
+    pub idle_timeout: Option<Duration>,
+    /// A per-credential max lifetime; clamped to the store's.
+    pub max_lifetime: Option<Duration>,
+}
+
+/// The deadlines of a credential as of its mint or latest renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// When it dies even if used (slides forward on each use).
+    pub expires_at: Millis,
+    /// When it dies if not used again; never after `expires_at`.
+    pub idle_expires_at: Millis,
+}
+
+/// A newly minted credential's public facts.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    /// The non-secret handle.
+    pub credential_id: CredentialId,
+    /// The deadlines it starts with.
+    pub deadlines: Deadlines,
+}
+
+/// Who a live credential belongs to, returned by a successful Resolve.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The non-secret handle.
+    pub credential_id: CredentialId,
+    /// The thread it was minted for.
+    pub thread_id: Arc<str>,
+    /// The provider instance it was minted for.
+    pub provider_instance_id: Arc<str>,
+    /// The provider label given at mint time.
+    pub provider_kind: Option<Arc<str>>,
+    /// When it was minted.
+    pub created_at: Millis,
+    /// The deadlines after this use renewed them.
+    pub deadlines: Deadlines,
+}
+
+/// Which revocation killed a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationCause {
+    /// RevokeThread for its thread.
+    Thread,
+    /// RevokeAll for its provider instance.
+    ProviderInstance,
+    /// RevokeAll for every credential.
+    All,
+}
+
+impl RevocationCause {
+    /// The stable name used in `ErrorInfo` metadata and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationCause::Thread => "thread",
+            RevocationCause::ProviderInstance => "provider_instance",
+            RevocationCause::All => "all",
+        }
+    }
+}
+
+/// Why a credential can never work again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    /// `expires_at` passed (max lifetime without use, or absolute lifetime).
+    Expired,
+    /// It went unused for its idle timeout.
+    IdleTimeout,
+    /// It was revoked.
+    Revoked(RevocationCause),
+}
+
+/// A credential that is known and dead.
+#[derive(Debug, Clone)]
+pub struct DeadCredential {
+    /// Why it died.
+    pub reason: DeathReason,
+    /// Its non-secret handle.
+    pub credential_id: CredentialId,
+    /// The thread it was minted for.
+    pub thread_id: Arc<str>,
+}
+
+/// Why Resolve refused a digest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Rejection {
+    /// Never minted here, or dead for longer than the tombstone retention.
+    #[error("unknown credential")]
+    Unknown,
+    /// Known and dead.
+    #[error("dead credential {}: {:?}", .0.credential_id, .0.reason)]
+    Dead(DeadCredential),
+}
+
+/// The cheap-to-clone handle to the store shared by every RPC.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+/// Stops the sweeper when dropped: the server holds it for as long as it runs.
+pub struct SweeperGuard {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    records: DigestMap<Record>,
+    /// Thread id -> digests of its credentials, for RevokeThread. Its key is
+    /// shared with the records (`Record::thread_id`), so the id is stored once.
+    threads: DashMap<Arc<str>, Vec<TokenDigest>>,
+    /// Provider instance id -> its generation and live count, for RevokeAll.
+    instances: DashMap<Arc<str>, Arc<Instance>>,
+    /// Bumped by RevokeAll without a provider instance.
+    global_generation: AtomicU64,
+    /// Makes "read the generations and count the credential" (Mint, removal)
+    /// atomic with respect to "bump a generation and take the count"
+    /// (RevokeAll). Never taken by Resolve, which reads the generations alone.
+    generation_lock: RwLock<()>,
+    /// Min-heap of (deadline, digest); entries may be stale (see module docs).
+    deadlines: Mutex<BinaryHeap<Reverse<Deadline>>>,
+    tombstones: Tombstones,
+    /// When the sweeper will next wake on its own; Mint wakes it earlier only
+    /// when it queues an earlier deadline.
+    sweeper_wakes_at: AtomicU64,
+    sweeper_wakeup: Notify,
+    shutdown: AtomicBool,
+}
+
+/// The store's limits in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle_timeout: Millis,
+    max_lifetime: Millis,
+    absolute_lifetime: Option<Millis>,
+    tombstone_retention: Millis,
+    tombstone_capacity: usize,
+}
+
+/// One provider instance: its revocation generation and how many records of
+/// the current generations it has (what RevokeAll reports as revoked).
+struct Instance {
+    id: Arc<str>,
+    generation: AtomicU64,
+    live: AtomicU64,
+}
+
+/// A credential. Everything but the two renewal atomics is fixed at mint.
+struct Record {
+    credential_id: CredentialId,
+    thread_id: Arc<str>,
+    instance: Arc<Instance>,
+    provider_kind: Option<Arc<str>>,
+    instance_generation: u64,
+    global_generation: u64,
+    created_at: Millis,
+    idle_timeout: Millis,
+    max_lifetime: Millis,
+    /// `Millis::MAX` when the store has no absolute lifetime.
+    absolute_deadline: Millis,
+    last_used: AtomicU64,
+    expires_at: AtomicU64,
+}
+
+impl Record {
+    /// Why this record is dead at `now`, if it is. The first deadline that
+    /// passed names the reason.
+    fn death(&self, now: Millis, global_generation: u64) -> Option<DeathReason> {
+        if self.global_generation != global_generation {
+            return Some(DeathReason::Revoked(RevocationCause::All));
+        }
+        if self.instance.generation.load(Ordering::Acquire) != self.instance_generation {
+            return Some(DeathReason::Revoked(RevocationCause::ProviderInstance));
+        }
+        let idle_deadline = self
+            .last_used
+            .load(Ordering::Acquire)
+            .saturating_add(self.idle_timeout);
+        let expires_at = self.expires_at.load(Ordering::Acquire);
+        if now < idle_deadline.min(expires_at) {
+            None
+        } else if idle_deadline < expires_at {
+            Some(DeathReason::IdleTimeout)
+        } else {
+            Some(DeathReason::Expired)
+        }
+    }
+
+    /// The earliest instant at which the record could die, as of now.
+    fn deadlines(&self) -> Deadlines {
+        let expires_at = self.expires_at.load(Ordering::Acquire);
+        let idle_deadline = self
+            .last_used
+            .load(Ordering::Acquire)
+            .saturating_add(self.idle_timeout);
+        Deadlines {
+            expires_at,
+            idle_expires_at: idle_deadline.min(expires_at),
+        }
+    }
+
+    /// Sliding renewal on use: the idle clock restarts and `expires_at` moves
+    /// to `max(expires_at, now + max_lifetime)`, never past the absolute
+    /// deadline and never backwards.
+    fn renew(&self, now: Millis) -> Deadlines {
+        self.last_used.fetch_max(now, Ordering::AcqRel);
+        let slid = now
+            .saturating_add(self.max_lifetime)
+            .min(self.absolute_deadline);
+        let previous = self.expires_at.fetch_max(slid, Ordering::AcqRel);
+        let expires_at = previous.max(slid);
+        Deadlines {
+            expires_at,
+            idle_expires_at: now.saturating_add(self.idle_timeout).min(expires_at),
+        }
+    }
+
+    fn dead(&self, reason: DeathReason) -> DeadCredential {
+        DeadCredential {
+            reason,
+            credential_id: self.credential_id,
+            thread_id: self.thread_id.clone(),
+        }
+    }
+
+    /// Whether the instance's live count includes this record.
+    fn counted(&self, global_generation: u64) -> bool {
+        self.global_generation == global_generation
+            && self.instance.generation.load(Ordering::Acquire) == self.instance_generation
+    }
+}
+
+/// A queued sweeper deadline, ordered by time only.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Millis,
+    digest: TokenDigest,
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Deadline {}
+
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// Dead credentials remembered for a while, so failures stay precise.
+struct Tombstones {
+    by_digest: DigestMap<Tombstone>,
+    /// Insertion order, for eviction by age and count. Each digest appears
+    /// once: a digest is only queued when it was newly inserted above.
+    order: Mutex<VecDeque<(Millis, TokenDigest)>>,
+}
+
+#[derive(Clone)]
+struct Tombstone {
+    dead: DeadCredential,
+}
+
+impl Tombstones {
+    /// Remembers a death. The first recorded reason wins: it is when the
+    /// credential actually died.
+    fn record(&self, digest: TokenDigest, dead: DeadCredential, now: Millis, limits: &Limits) {
+        if limits.tombstone_capacity == 0 {
+            return;
+        }
+        match self.by_digest.entry(digest) {
+            Entry::Occupied(_) => return,
+            Entry::Vacant(vacant) => {
+                vacant.insert(Tombstone { dead });
+            }
+        }
+        let mut order = self.order.lock();
+        order.push_back((now, digest));
+        while order.len() > limits.tombstone_capacity {
+            if let Some((_, oldest)) = order.pop_front() {
+                self.by_digest.remove(&oldest);
+            }
+        }
+    }
+
+    /// Forgets tombstones recorded at or before `cutoff`; returns when the
+    /// oldest remaining one was recorded.
+    fn evict_older_than(&self, cutoff: Millis) -> Option<Millis> {
+        let mut order = self.order.lock();
+        while let Some(&(at, digest)) = order.front() {
+            if at > cutoff {
+                return Some(at);
+            }
+            order.pop_front();
+            self.by_digest.remove(&digest);
+        }
+        None
+    }
+
+    fn get(&self, digest: &TokenDigest) -> Option<DeadCredential> {
+        self.by_digest.get(digest).map(|t| t.dead.clone())
+    }
+}
+
+/// What [`Shared::retire`] did with one digest.
+enum Retired {
+    /// No record under that digest (already removed).
+    Absent,
+    /// The record is live and was not asked to be revoked; it can next die at
+    /// the given instant.
+    StillLive(Millis),
+    /// Removed a record that was live until now (a revocation).
+    RevokedLive,
+    /// Removed a record that was already dead.
+    RemovedDead,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Dead records removed.
+    pub removed: usize,
+    /// Live records whose deadline had slid and were queued again.
+    pub requeued: usize,
+}
+
+impl Store {
+    /// A store with the given limits and clock. No sweeper runs until
+    /// [`Store::spawn_sweeper`]; tests drive [`Store::sweep`] by hand.
+    pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
+        let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as Millis;
+        let limits = Limits {
+            idle_timeout: millis(config.idle_timeout),
+            max_lifetime: millis(config.max_lifetime),
+            absolute_lifetime: config.absolute_lifetime.map(millis),
+            tombstone_retention: millis(config.tombstone_retention),
+            tombstone_capacity: config.tombstone_capacity,
+        };
+        Store {
+            shared: Arc::new(Shared {
+                clock,
+                limits,
+                records: DashMap::with_hasher(BuildNoHashHasher::default()),
+                threads: DashMap::new(),
+                instances: DashMap::new(),
+                global_generation: AtomicU64::new(0),
+                generation_lock: RwLock::new(()),
+                deadlines: Mutex::new(BinaryHeap::new()),
+                tombstones: Tombstones {
+                    by_digest: DashMap::with_hasher(BuildNoHashHasher::default()),
+                    order: Mutex::new(VecDeque::new()),
+                },
+                sweeper_wakes_at: AtomicU64::new(Millis::MAX),
+                sweeper_wakeup: Notify::new(),
+                shutdown: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts the background sweeper on the current tokio runtime. It runs
+    /// until the returned guard is dropped.
+    pub fn spawn_sweeper(&self) -> SweeperGuard {
+        let shared = self.shared.clone();
+        tokio::spawn(sweeper_task(shared));
+        SweeperGuard {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The current time on the store's clock.
+    pub fn now(&self) -> Millis {
+        self.shared.clock.now()
+    }
+
+    /// Stores a new credential under `digest` (the digest of a freshly
+    /// generated token).
+    pub fn mint(&self, digest: TokenDigest, new: NewCredential<'_>) -> Minted {
+        let shared = &*self.shared;
+        let limits = &shared.limits;
+        let now = shared.clock.now();
+        let idle_timeout = clamp_override(new.idle_timeout, limits.idle_timeout);
+        let max_lifetime = clamp_override(new.max_lifetime, limits.max_lifetime);
+        let absolute_deadline = limits
+            .absolute_lifetime
+            .map_or(Millis::MAX, |lifetime| now.saturating_add(lifetime));
+        let expires_at = now.saturating_add(max_lifetime).min(absolute_deadline);
+        let instance = shared.instance(new.provider_instance_id);
+        let thread_id = shared
+            .threads
+            .get(new.thread_id)
+            .map_or_else(|| Arc::from(new.thread_id), |entry| entry.key().clone());
+        let (instance_generation, global_generation) = {
+            let _counting = shared.generation_lock.read();
+            instance.live.fetch_add(1, Ordering::AcqRel);
+            (
+                instance.generation.load(Ordering::Acquire),
+                shared.global_generation.load(Ordering::Acquire),
+            )
+        };
+        let credential_id = CredentialId::generate();
+        let record = Record {
+            credential_id,
+            thread_id: thread_id.clone(),
+            instance,
+            provider_kind: new.provider_kind.map(Arc::from),
+            instance_generation,
+            global_generation,
+            created_at: now,
+            idle_timeout,
+            max_lifetime,
+            absolute_deadline,
+            last_used: AtomicU64::new(now),
+            expires_at: AtomicU64::new(expires_at),
+        };
+        let deadlines = record.deadlines();
+        // Record first, index second: a concurrent RevokeThread that misses
+        // the index entry then simply happened before this Mint.
+        shared.records.insert(digest, record);
+        shared.threads.entry(thread_id).or_default().push(digest);
+        shared.queue_deadline(deadlines.idle_expires_at, digest);
+        Minted {
+            credential_id,
+            deadlines,
+        }
+    }
+
+    /// Checks a digest and renews the credential when it is live.
+    pub fn resolve(&self, digest: &TokenDigest) -> Result<Resolved, Rejection> {
+        let shared = &*self.shared;
+        let now = shared.clock.now();
+        if let Some(record) = shared.records.get(digest) {
+            let global_generation = shared.global_generation.load(Ordering::Acquire);
+            if let Some(reason) = record.death(now, global_generation) {
+                return Err(Rejection::Dead(record.dead(reason)));
+            }
+            let deadlines = record.renew(now);
+            return Ok(Resolved {
+                credential_id: record.credential_id,
+                thread_id: record.thread_id.clone(),
+                provider_instance_id: record.instance.id.clone(),
+                provider_kind: record.provider_kind.clone(),
+                created_at: record.created_at,
+                deadlines,
+            });
+        }
+        match shared.tombstones.get(digest) {
+            Some(dead) => Err(Rejection::Dead(dead)),
+            None => Err(Rejection::Unknown),
+        }
+    }
+
+    /// Revokes every credential of a thread; returns how many were live.
+    pub fn revoke_thread(&self, thread_id: &str) -> u64 {
+        let shared = &*self.shared;
+        let Some((_, digests)) = shared.threads.remove(thread_id) else {
+            return 0;
+        };
+        let now = shared.clock.now();
+        let mut revoked = 0;
+        for digest in &digests {
+            if let Retired::RevokedLive =
+                shared.retire(digest, now, Some(RevocationCause::Thread))
+            {
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+
+    /// Revokes every credential, or those of one provider instance, in
+    /// constant time; returns how many credentials were revoked.
+    pub fn revoke_all(&self, provider_instance_id: Option<&str>) -> u64 {
+        let shared = &*self.shared;
+        let _bumping = shared.generation_lock.write();
+        match provider_instance_id {
+            Some(id) => shared.instances.get(id).map_or(0, |instance| {
+                instance.generation.fetch_add(1, Ordering::AcqRel);
+                instance.live.swap(0, Ordering::AcqRel)
+            }),
+            None => {
+                shared.global_generation.fetch_add(1, Ordering::AcqRel);
+                // One entry per provider instance (adapters), not per
+                // credential.
+                shared
+                    .instances
+                    .iter()
+                    .map(|instance| instance.live.swap(0, Ordering::AcqRel))
+                    .sum()
+            }
+        }
+    }
+
+    /// Removes what has died by now (and tombstones past their retention),
+    /// all of it, in batches. The background sweeper does the same with
+    /// yields between batches.
+    pub fn sweep(&self) -> SweepReport {
+        let mut total = SweepReport::default();
+        loop {
+            let (report, more) = self.shared.sweep_batch();
+            total.removed += report.removed;
+            total.requeued += report.requeued;
+            if !more {
+                return total;
+            }
+        }
+    }
+
+    /// How many credential records are held, live or dead but not yet swept.
+    pub fn record_count(&self) -> usize {
+        self.shared.records.len()
+    }
+
+    /// How many tombstones are held.
+    pub fn tombstone_count(&self) -> usize {
+        self.shared.tombstones.by_digest.len()
+    }
+
+    /// How many sweeper deadlines are queued (some may be stale).
+    pub fn queued_deadlines(&self) -> usize {
+        self.shared.deadlines.lock().len()
+    }
+}
+
+/// A per-credential override, never above the store's limit, and at least
+/// 1 ms so that a credential is never born dead.
+fn clamp_override(requested: Option<Duration>, limit: Millis) -> Millis {
+    requested.map_or(limit, |d| {
+        (d.as_millis().min(u128::from(limit)) as Millis).max(1)
+    })
+}
+
+impl Shared {
+    /// The state of a provider instance, created on first use.
+    fn instance(&self, id: &str) -> Arc<Instance> {
+        if let Some(instance) = self.instances.get(id) {
+            return instance.clone();
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.instances
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Instance {
+                    id,
+                    generation: AtomicU64::new(0),
+                    live: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    fn queue_deadline(&self, at: Millis, digest: TokenDigest) {
+        self.deadlines.lock().push(Reverse(Deadline { at, digest }));
+        if at < self.sweeper_wakes_at.load(Ordering::Acquire) {
+            self.sweeper_wakeup.notify_one();
+        }
+    }
+
+    /// Removes the record under `digest` if it is dead, or if `revoke` is
+    /// given, leaving a tombstone. The tombstone is written under the record's
+    /// shard lock, before the record disappears, so a Resolve that misses the
+    /// record always finds the tombstone.
+    fn retire(
+        &self,
+        digest: &TokenDigest,
+        now: Millis,
+        revoke: Option<RevocationCause>,
+    ) -> Retired {
+        let global_generation = self.global_generation.load(Ordering::Acquire);
+        let mut outcome = Retired::Absent;
+        let removed = self.records.remove_if(digest, |_, record| {
+            let (reason, was_live) = match (record.death(now, global_generation), revoke) {
+                (Some(reason), _) => (reason, false),
+                (None, Some(cause)) => (DeathReason::Revoked(cause), true),
+                (None, None) => {
+                    let deadlines = record.deadlines();
+                    outcome = Retired::StillLive(deadlines.idle_expires_at);
+                    return false;
+                }
+            };
+            self.tombstones
+                .record(*digest, record.dead(reason), now, &self.limits);
+            outcome = if was_live {
+                Retired::RevokedLive
+            } else {
+                Retired::RemovedDead
+            };
+            true
+        });
+        if let Some((_, record)) = removed {
+            self.forget(digest, record);
+        }
+        outcome
+    }
+
+    /// Updates the counts and indexes after the record under `digest` was
+    /// removed, dropping index entries that became empty.
+    fn forget(&self, digest: &TokenDigest, record: Record) {
+        {
+            let _counting = self.generation_lock.read();
+            if record.counted(self.global_generation.load(Ordering::Acquire)) {
+                record.instance.live.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let thread_emptied = self.threads.get_mut(&record.thread_id).is_some_and(|mut digests| {
+            // Cheap: a thread holds a handful of credentials.
+            digests.retain(|d| d != digest);
+            digests.is_empty()
+        });
+        if thread_emptied {
+            self.threads
+                .remove_if(&record.thread_id, |_, digests| digests.is_empty());
+        }
+        let instance_id = record.instance.id.clone();
+        drop(record);
+        // Only the map holds the instance now: no record refers to it, so its
+        // generation no longer matters. Mint clones the Arc under the same
+        // shard lock, so it cannot race this check.
+        self.instances
+            .remove_if(&instance_id, |_, instance| Arc::strong_count(instance) == 1);
+    }
+
+    /// Handles one batch of due deadlines. Returns what it did and whether
+    /// more are due.
+    fn sweep_batch(&self) -> (SweepReport, bool) {
+        let now = self.clock.now();
+        let mut report = SweepReport::default();
+        let due: Vec<Deadline> = {
+            let mut queue = self.deadlines.lock();
+            let mut due = Vec::new();
+            while due.len() < SWEEP_BATCH {
+                match queue.peek() {
+                    Some(Reverse(next)) if next.at <= now => {
+                        due.push(queue.pop().expect("peeked").0);
+                    }
+                    _ => break,
+                }
+            }
+            due
+        };
+        let more = due.len() == SWEEP_BATCH;
+        let mut requeue = Vec::new();
+        for deadline in &due {
+            match self.retire(&deadline.digest, now, None) {
+                Retired::StillLive(at) => requeue.push(Reverse(Deadline {
+                    at,
+                    digest: deadline.digest,
+                })),
+                Retired::RemovedDead | Retired::RevokedLive => report.removed += 1,
+                Retired::Absent => {}
+            }
+        }
+        report.requeued = requeue.len();
+        if !requeue.is_empty() {
+            self.deadlines.lock().extend(requeue);
+        }
+        self.tombstones
+            .evict_older_than(now.saturating_sub(self.limits.tombstone_retention));
+        (report, more)
+    }
+
+    /// When the sweeper next has work: the earliest queued deadline or
+    /// tombstone expiry.
+    fn next_due(&self) -> Option<Millis> {
+        let deadline = self.deadlines.lock().peek().map(|Reverse(d)| d.at);
+        let tombstone = self
+            .tombstones
+            .order
+            .lock()
+            .front()
+            .map(|&(at, _)| at.saturating_add(self.limits.tombstone_retention).saturating_add(1));
+        match (deadline, tombstone) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Drop for SweeperGuard {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.sweeper_wakeup.notify_one();
+    }
+}
+
+/// The background sweeper: sweeps what is due in batches, yielding between
+/// them, then sleeps until the next deadline or until Mint queues an earlier
+/// one.
+async fn sweeper_task(shared: Arc<Shared>) {
+    while !shared.shutdown.load(Ordering::Acquire) {
+        loop {
+            let (report, more) = shared.sweep_batch();
+            if report.removed > 0 {
+                tracing::debug!(removed = report.removed, requeued = report.requeued, "swept");
+            }
+            if !more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let now = shared.clock.now();
+        let sleep = shared.next_due().map_or(MAX_SWEEPER_SLEEP, |at| {
+            Duration::from_millis(at.saturating_sub(now)).min(MAX_SWEEPER_SLEEP)
+        });
+        shared.sweeper_wakes_at.store(
+            now.saturating_add(sleep.as_millis() as Millis),
+            Ordering::Release,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.sweeper_wakeup.notified() => {}
+        }
+    }
+}

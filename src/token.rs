@@ -1,0 +1,273 @@
+//! Bearer tokens: generation, format checking and digests.
+//!
+//! A token is `mcpca_` + 43 URL-safe base64 characters (256 bits from a
+//! CSPRNG) + 6 characters of CRC-32 over the secret part.
+//! The fixed prefix lets secret scanners find leaked tokens; the checksum
+//! rejects typos and garbage before any store lookup. The store never sees a
+//! token, only its SHA-256 [`TokenDigest`].
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// The fixed prefix of every token this service mints.
+pub const TOKEN_PREFIX: &str = "mcpca_";
+/// Characters of URL-safe base64 that encode the 32 secret bytes.
+const SECRET_LEN: usize = 43;
+/// Characters of URL-safe base64 that encode the 32-bit checksum.
+const CHECKSUM_LEN: usize = 6;
+/// The exact length of a well-formed token.
+pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + SECRET_LEN + CHECKSUM_LEN;
+
+/// A freshly generated bearer token. Deliberately not `Debug` or `Display`,
+/// so it cannot be formatted into a log line by accident.
+pub struct Token(String);
+
+impl Token {
+    /// Draws 256 bits from a CSPRNG and encodes them.
+    ///
+    /// `rand::rng()` is ChaCha12 seeded and periodically reseeded from the
+    /// operating system: cryptographically secure, without a system call per
+    /// token.
+    pub fn generate() -> Self {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let mut token = String::with_capacity(TOKEN_LEN);
+        token.push_str(TOKEN_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(secret, &mut token);
+        let checksum = crc32fast::hash(&token.as_bytes()[TOKEN_PREFIX.len()..]);
+        URL_SAFE_NO_PAD.encode_string(checksum.to_be_bytes(), &mut token);
+        debug_assert_eq!(token.len(), TOKEN_LEN);
+        Token(token)
+    }
+
+    /// The token text, to hand to the caller exactly once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Consumes the token into its text, to hand to the caller exactly once.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The digest under which the store keeps this token.
+    pub fn digest(&self) -> TokenDigest {
+        TokenDigest::of(&self.0)
+    }
+}
+
+/// Why a presented string is not a token of this service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedToken {
+    /// The string does not have the exact token length.
+    #[error("token has the wrong length")]
+    Length,
+    /// The string does not start with the token prefix.
+    #[error("token does not start with the `{TOKEN_PREFIX}` prefix")]
+    Prefix,
+    /// The string holds a character outside URL-safe base64.
+    #[error("token holds a character outside the URL-safe base64 alphabet")]
+    Alphabet,
+    /// The checksum does not match the secret: a typo or a forged token.
+    #[error("token checksum does not match")]
+    Checksum,
+}
+
+/// Checks the token's format and returns its digest, without any store access.
+///
+/// The error never contains the presented text.
+pub fn parse(presented: &str) -> Result<TokenDigest, MalformedToken> {
+    let bytes = presented.as_bytes();
+    if bytes.len() != TOKEN_LEN {
+        return Err(MalformedToken::Length);
+    }
+    if !bytes.starts_with(TOKEN_PREFIX.as_bytes()) {
+        return Err(MalformedToken::Prefix);
+    }
+    let body = &bytes[TOKEN_PREFIX.len()..];
+    if !body
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
+        return Err(MalformedToken::Alphabet);
+    }
+    let (secret, checksum_text) = body.split_at(SECRET_LEN);
+    let mut checksum = [0u8; 4];
+    match URL_SAFE_NO_PAD.decode_slice(checksum_text, &mut checksum) {
+        Ok(4) => {}
+        _ => return Err(MalformedToken::Checksum),
+    }
+    // The last base64 character carries 2 unused bits; they must be zero so
+    // that exactly one spelling of each token is accepted.
+    let mut canonical = [0u8; CHECKSUM_LEN];
+    URL_SAFE_NO_PAD
+        .encode_slice(checksum, &mut canonical)
+        .map_err(|_| MalformedToken::Checksum)?;
+    if canonical != checksum_text || u32::from_be_bytes(checksum) != crc32fast::hash(secret) {
+        return Err(MalformedToken::Checksum);
+    }
+    Ok(TokenDigest::of(presented))
+}
+
+/// The SHA-256 of a token: what the store keeps instead of the token.
+///
+/// Equality runs in constant time, so a lookup leaks nothing about how much of
+/// a stored digest a guess matched. Hashing takes the first 8 bytes as is:
+/// SHA-256 output is already uniform, and only server-generated tokens are ever
+/// inserted, so a keyed hash would add cost and no safety.
+#[derive(Clone, Copy)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// Digests the token text.
+    pub fn of(token: &str) -> Self {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl PartialEq for TokenDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for TokenDigest {}
+
+impl Hash for TokenDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    /// Shows a short prefix only: enough to tell digests apart in a test
+    /// failure, too little to matter if it ever reached a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TokenDigest({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// The non-secret handle of a credential: 128 random bits, shown as
+/// `cred_` + 32 hex digits. Safe for logs, metrics and administration.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialId([u8; 16]);
+
+impl CredentialId {
+    /// A fresh random handle.
+    pub fn generate() -> Self {
+        CredentialId(rand::random())
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cred_")?;
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_and_digest_consistently() {
+        let token = Token::generate();
+        assert_eq!(token.expose().len(), TOKEN_LEN);
+        assert!(token.expose().starts_with(TOKEN_PREFIX));
+        assert_eq!(parse(token.expose()).unwrap(), token.digest());
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let a = Token::generate();
+        let b = Token::generate();
+        assert_ne!(a.expose(), b.expose());
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn every_single_character_typo_is_rejected() {
+        let token = Token::generate().into_string();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for position in TOKEN_PREFIX.len()..token.len() {
+            for &replacement in alphabet {
+                let mut bytes = token.clone().into_bytes();
+                if bytes[position] == replacement {
+                    continue;
+                }
+                bytes[position] = replacement;
+                let typo = String::from_utf8(bytes).unwrap();
+                assert_eq!(
+                    parse(&typo),
+                    Err(MalformedToken::Checksum),
+                    "typo at {position} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_classified() {
+        let token = Token::generate().into_string();
+        assert_eq!(parse(""), Err(MalformedToken::Length));
+        assert_eq!(parse(&token[1..]), Err(MalformedToken::Length));
+        assert_eq!(
+            parse(&format!("xxxxx_{}", &token[6..])),
+            Err(MalformedToken::Prefix)
+        );
+        let mut bad = token.clone().into_bytes();
+        bad[10] = b'+';
+        assert_eq!(
+            parse(&String::from_utf8(bad).unwrap()),
+            Err(MalformedToken::Alphabet)
+        );
+        let multibyte = format!("{}é", &token[..TOKEN_LEN - 2]);
+        assert_eq!(parse(&multibyte), Err(MalformedToken::Alphabet));
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_the_token() {
+        let token = Token::generate().into_string();
+        let digest = parse(&token).unwrap();
+        assert!(!format!("{digest:?}").contains(&token[6..]));
+        let mut bad = token.clone();
+        bad.push('x');
+        let error = parse(&bad).unwrap_err().to_string();
+        assert!(!error.contains(&token[6..]));
+    }
+
+    #[test]
+    fn credential_ids_have_the_documented_shape() {
+        let id = CredentialId::generate().to_string();
+        assert_eq!(id.len(), 5 + 32);
+        assert!(id.starts_with("cred_"));
+        assert!(id[5..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
