@@ -39,7 +39,11 @@ pub enum LogFormat {
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is
     /// logged).
-    #[arg(long, env = "CREDENTIAL_AUTHORITY_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: SocketAddr,
 
     /// How long a credential may go unused before it dies; also the upper
@@ -64,7 +68,11 @@ pub struct ServeArgs {
 
     /// How many dead credentials are remembered at most (0 disables
     /// tombstones); the oldest are forgotten first.
-    #[arg(long, env = "CREDENTIAL_AUTHORITY_TOMBSTONE_CAPACITY", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_TOMBSTONE_CAPACITY",
+        default_value_t = 1_000_000
+    )]
     pub tombstone_capacity: usize,
 
     /// How long in-flight calls may run after SIGTERM or SIGINT before the

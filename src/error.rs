@@ -108,7 +108,8 @@ impl Failure {
                     .collect::<Vec<_>>()
                     .join("; ");
                 for violation in violations.iter() {
-                    details.add_bad_request_violation(violation.field, violation.description.clone());
+                    details
+                        .add_bad_request_violation(violation.field, violation.description.clone());
                 }
                 metadata.insert("fields".to_owned(), fields.join(","));
                 format!("invalid request: {summary}; fix the request, retrying it unchanged cannot succeed")
@@ -164,7 +165,10 @@ mod tests {
         .into_status("req-1");
         assert_eq!(status.code(), Code::Unavailable);
         let details = status.get_error_details();
-        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_secs(1)));
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(1))
+        );
         let info = details.error_info().unwrap();
         assert_eq!(info.reason, "SERVICE_UNAVAILABLE");
         assert_eq!(info.metadata["request_id"], "req-1");

@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn keeps_sane_caller_ids_and_replaces_others() {
         let keep = HeaderValue::from_static("req-42.a:b_c");
-        assert_eq!(RequestId::from_caller(&keep).unwrap().as_str(), "req-42.a:b_c");
+        assert_eq!(
+            RequestId::from_caller(&keep).unwrap().as_str(),
+            "req-42.a:b_c"
+        );
         for bad in ["", "has space", "quote\"", "x".repeat(129).as_str()] {
             assert!(RequestId::from_caller(&HeaderValue::from_str(bad).unwrap()).is_none());
         }

@@ -83,7 +83,9 @@ pub async fn run(
     }
 
     tracing::info!(grace = %humantime::format_duration(settings.shutdown_grace), "shutting down");
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     health
         .set_not_serving::<CredentialAuthorityServer<AuthorityService>>()
         .await;

@@ -91,10 +91,10 @@ impl Call {
         match outcome {
             Ok(response) => {
                 tracing::info!(
-                    method = self.method,
+                    method = %self.method,
                     request_id = %self.request_id,
                     credential_id = credential,
-                    outcome = "OK",
+                    outcome = %"OK",
                     latency_us,
                     "rpc"
                 );
@@ -102,10 +102,10 @@ impl Call {
             }
             Err(failure) => {
                 tracing::info!(
-                    method = self.method,
+                    method = %self.method,
                     request_id = %self.request_id,
                     credential_id = credential,
-                    outcome = failure.reason(),
+                    outcome = %failure.reason(),
                     code = ?failure.code(),
                     latency_us,
                     "rpc"

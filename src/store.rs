@@ -9,9 +9,10 @@
 //!   one shard's read lock and renews the record with atomics; it never takes a
 //!   lock shared by all credentials.
 //! - Revoke-all is a generation bump: a record minted at generation `g` of its
-//!   provider instance (and of the whole store) is dead once the current
-//!   generation is above `g`. Its cost does not depend on how many credentials
-//!   exist; the sweeper removes such records lazily.
+//!   provider instance is dead once the instance's generation is above `g`.
+//!   Revoking everything bumps every provider instance (adapters, a handful),
+//!   so neither costs time per credential; the sweeper removes such records
+//!   lazily, when their queued deadline falls due.
 //! - The sweeper's deadline queue is written by Mint and the sweeper only. A
 //!   renewal does not move the queued entry: when an entry falls due, the
 //!   sweeper re-reads the record and re-queues it if its deadline slid. So the
@@ -207,8 +208,6 @@ struct Shared {
     threads: DashMap<Arc<str>, Vec<TokenDigest>>,
     /// Provider instance id -> its generation and live count, for RevokeAll.
     instances: DashMap<Arc<str>, Arc<Instance>>,
-    /// Bumped by RevokeAll without a provider instance.
-    global_generation: AtomicU64,
     /// Makes "read the generations and count the credential" (Mint, removal)
     /// atomic with respect to "bump a generation and take the count"
     /// (RevokeAll). Never taken by Resolve, which reads the generations alone.
@@ -234,11 +233,34 @@ struct Limits {
 }
 
 /// One provider instance: its revocation generation and how many records of
-/// the current generations it has (what RevokeAll reports as revoked).
+/// the current generation it has (what RevokeAll reports as revoked).
 struct Instance {
     id: Arc<str>,
     generation: AtomicU64,
     live: AtomicU64,
+    /// `causes[g]` is the revocation that ended generation `g`, so a record
+    /// reports the first revocation that hit it. Read only on failures.
+    causes: Mutex<Vec<RevocationCause>>,
+}
+
+impl Instance {
+    /// Ends the current generation; returns how many records it had.
+    /// Called with the generation lock held for writing.
+    fn revoke(&self, cause: RevocationCause) -> u64 {
+        // The cause is in place before a Resolve can see the new generation.
+        self.causes.lock().push(cause);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.live.swap(0, Ordering::AcqRel)
+    }
+
+    /// The revocation that ended `generation`.
+    fn cause_of(&self, generation: u64) -> RevocationCause {
+        let causes = self.causes.lock();
+        usize::try_from(generation)
+            .ok()
+            .and_then(|g| causes.get(g).copied())
+            .unwrap_or(RevocationCause::All)
+    }
 }
 
 /// A credential. Everything but the two renewal atomics is fixed at mint.
@@ -248,7 +270,6 @@ struct Record {
     instance: Arc<Instance>,
     provider_kind: Option<Arc<str>>,
     instance_generation: u64,
-    global_generation: u64,
     created_at: Millis,
     idle_timeout: Millis,
     max_lifetime: Millis,
@@ -261,12 +282,10 @@ struct Record {
 impl Record {
     /// Why this record is dead at `now`, if it is. The first deadline that
     /// passed names the reason.
-    fn death(&self, now: Millis, global_generation: u64) -> Option<DeathReason> {
-        if self.global_generation != global_generation {
-            return Some(DeathReason::Revoked(RevocationCause::All));
-        }
-        if self.instance.generation.load(Ordering::Acquire) != self.instance_generation {
-            return Some(DeathReason::Revoked(RevocationCause::ProviderInstance));
+    fn death(&self, now: Millis) -> Option<DeathReason> {
+        if !self.counted() {
+            let cause = self.instance.cause_of(self.instance_generation);
+            return Some(DeathReason::Revoked(cause));
         }
         let idle_deadline = self
             .last_used
@@ -319,10 +338,10 @@ impl Record {
         }
     }
 
-    /// Whether the instance's live count includes this record.
-    fn counted(&self, global_generation: u64) -> bool {
-        self.global_generation == global_generation
-            && self.instance.generation.load(Ordering::Acquire) == self.instance_generation
+    /// Whether the record belongs to its instance's current generation: not
+    /// revoked by RevokeAll, and included in the instance's live count.
+    fn counted(&self) -> bool {
+        self.instance.generation.load(Ordering::Acquire) == self.instance_generation
     }
 }
 
@@ -448,7 +467,6 @@ impl Store {
                 records: DashMap::with_hasher(BuildNoHashHasher::default()),
                 threads: DashMap::new(),
                 instances: DashMap::new(),
-                global_generation: AtomicU64::new(0),
                 generation_lock: RwLock::new(()),
                 deadlines: Mutex::new(BinaryHeap::new()),
                 tombstones: Tombstones {
@@ -494,13 +512,10 @@ impl Store {
             .threads
             .get(new.thread_id)
             .map_or_else(|| Arc::from(new.thread_id), |entry| entry.key().clone());
-        let (instance_generation, global_generation) = {
+        let instance_generation = {
             let _counting = shared.generation_lock.read();
             instance.live.fetch_add(1, Ordering::AcqRel);
-            (
-                instance.generation.load(Ordering::Acquire),
-                shared.global_generation.load(Ordering::Acquire),
-            )
+            instance.generation.load(Ordering::Acquire)
         };
         let credential_id = CredentialId::generate();
         let record = Record {
@@ -509,7 +524,6 @@ impl Store {
             instance,
             provider_kind: new.provider_kind.map(Arc::from),
             instance_generation,
-            global_generation,
             created_at: now,
             idle_timeout,
             max_lifetime,
@@ -534,8 +548,7 @@ impl Store {
         let shared = &*self.shared;
         let now = shared.clock.now();
         if let Some(record) = shared.records.get(digest) {
-            let global_generation = shared.global_generation.load(Ordering::Acquire);
-            if let Some(reason) = record.death(now, global_generation) {
+            if let Some(reason) = record.death(now) {
                 return Err(Rejection::Dead(record.dead(reason)));
             }
             let deadlines = record.renew(now);
@@ -563,8 +576,7 @@ impl Store {
         let now = shared.clock.now();
         let mut revoked = 0;
         for digest in &digests {
-            if let Retired::RevokedLive =
-                shared.retire(digest, now, Some(RevocationCause::Thread))
+            if let Retired::RevokedLive = shared.retire(digest, now, Some(RevocationCause::Thread))
             {
                 revoked += 1;
             }
@@ -579,19 +591,14 @@ impl Store {
         let _bumping = shared.generation_lock.write();
         match provider_instance_id {
             Some(id) => shared.instances.get(id).map_or(0, |instance| {
-                instance.generation.fetch_add(1, Ordering::AcqRel);
-                instance.live.swap(0, Ordering::AcqRel)
+                instance.revoke(RevocationCause::ProviderInstance)
             }),
-            None => {
-                shared.global_generation.fetch_add(1, Ordering::AcqRel);
-                // One entry per provider instance (adapters), not per
-                // credential.
-                shared
-                    .instances
-                    .iter()
-                    .map(|instance| instance.live.swap(0, Ordering::AcqRel))
-                    .sum()
-            }
+            // One step per provider instance (adapters), not per credential.
+            None => shared
+                .instances
+                .iter()
+                .map(|instance| instance.revoke(RevocationCause::All))
+                .sum(),
         }
     }
 
@@ -648,6 +655,7 @@ impl Shared {
                     id,
                     generation: AtomicU64::new(0),
                     live: AtomicU64::new(0),
+                    causes: Mutex::new(Vec::new()),
                 })
             })
             .clone()
@@ -670,10 +678,9 @@ impl Shared {
         now: Millis,
         revoke: Option<RevocationCause>,
     ) -> Retired {
-        let global_generation = self.global_generation.load(Ordering::Acquire);
         let mut outcome = Retired::Absent;
         let removed = self.records.remove_if(digest, |_, record| {
-            let (reason, was_live) = match (record.death(now, global_generation), revoke) {
+            let (reason, was_live) = match (record.death(now), revoke) {
                 (Some(reason), _) => (reason, false),
                 (None, Some(cause)) => (DeathReason::Revoked(cause), true),
                 (None, None) => {
@@ -702,15 +709,18 @@ impl Shared {
     fn forget(&self, digest: &TokenDigest, record: Record) {
         {
             let _counting = self.generation_lock.read();
-            if record.counted(self.global_generation.load(Ordering::Acquire)) {
+            if record.counted() {
                 record.instance.live.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        let thread_emptied = self.threads.get_mut(&record.thread_id).is_some_and(|mut digests| {
-            // Cheap: a thread holds a handful of credentials.
-            digests.retain(|d| d != digest);
-            digests.is_empty()
-        });
+        let thread_emptied = self
+            .threads
+            .get_mut(&record.thread_id)
+            .is_some_and(|mut digests| {
+                // Cheap: a thread holds a handful of credentials.
+                digests.retain(|d| d != digest);
+                digests.is_empty()
+            });
         if thread_emptied {
             self.threads
                 .remove_if(&record.thread_id, |_, digests| digests.is_empty());
@@ -767,12 +777,10 @@ impl Shared {
     /// tombstone expiry.
     fn next_due(&self) -> Option<Millis> {
         let deadline = self.deadlines.lock().peek().map(|Reverse(d)| d.at);
-        let tombstone = self
-            .tombstones
-            .order
-            .lock()
-            .front()
-            .map(|&(at, _)| at.saturating_add(self.limits.tombstone_retention).saturating_add(1));
+        let tombstone = self.tombstones.order.lock().front().map(|&(at, _)| {
+            at.saturating_add(self.limits.tombstone_retention)
+                .saturating_add(1)
+        });
         match (deadline, tombstone) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -795,7 +803,11 @@ async fn sweeper_task(shared: Arc<Shared>) {
         loop {
             let (report, more) = shared.sweep_batch();
             if report.removed > 0 {
-                tracing::debug!(removed = report.removed, requeued = report.requeued, "swept");
+                tracing::debug!(
+                    removed = report.removed,
+                    requeued = report.requeued,
+                    "swept"
+                );
             }
             if !more {
                 break;

@@ -43,7 +43,12 @@ impl Violations {
 
     /// Checks an id field: at most [`MAX_ID_BYTES`], no control characters,
     /// and present when required. Returns `None` for an absent optional id.
-    pub fn id<'a>(&mut self, field: &'static str, value: &'a str, required: bool) -> Option<&'a str> {
+    pub fn id<'a>(
+        &mut self,
+        field: &'static str,
+        value: &'a str,
+        required: bool,
+    ) -> Option<&'a str> {
         if value.is_empty() {
             if required {
                 self.add(field, format!("{field} is required"));
@@ -62,7 +67,10 @@ impl Violations {
             ok = false;
         }
         if value.chars().any(char::is_control) {
-            self.add(field, format!("{field} must not contain control characters"));
+            self.add(
+                field,
+                format!("{field} must not contain control characters"),
+            );
             ok = false;
         }
         ok.then_some(value)
@@ -89,7 +97,10 @@ impl Violations {
             return None;
         }
         if seconds < 0 || nanos < 0 {
-            self.add(field, format!("{field} must be positive, got a negative duration"));
+            self.add(
+                field,
+                format!("{field} must be positive, got a negative duration"),
+            );
             return None;
         }
         let duration = Duration::new(seconds as u64, nanos as u32);
@@ -133,7 +144,10 @@ mod tests {
         assert!(v.0.is_empty());
         assert_eq!(v.id("thread_id", "", true), None);
         assert_eq!(v.id("thread_id", &"x".repeat(257), true), None);
-        assert_eq!(v.id("thread_id", &"x".repeat(256), true).map(str::len), Some(256));
+        assert_eq!(
+            v.id("thread_id", &"x".repeat(256), true).map(str::len),
+            Some(256)
+        );
         assert_eq!(v.id("thread_id", "a\nb", true), None);
         assert_eq!(v.id("thread_id", "a\u{7f}b", true), None);
         assert_eq!(v.0.len(), 4);
@@ -164,7 +178,11 @@ mod tests {
             pb(1, -1),
             pb(0, 1_000_000_000),
         ] {
-            assert_eq!(v.duration("idle_timeout", Some(&bad), limit), None, "{bad:?}");
+            assert_eq!(
+                v.duration("idle_timeout", Some(&bad), limit),
+                None,
+                "{bad:?}"
+            );
         }
         assert_eq!(v.0.len(), 8);
     }
