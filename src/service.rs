@@ -237,3 +237,37 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         call.finish(outcome, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::pb::credential_authority_server::CredentialAuthority as _;
+    use tonic_types::StatusExt as _;
+
+    #[tokio::test]
+    async fn calls_during_shutdown_are_refused_as_retryable() {
+        let store = Store::new(StoreConfig::default(), Arc::new(FakeClock::new(0)));
+        let draining = Arc::new(AtomicBool::new(false));
+        let service =
+            AuthorityService::new(store.clone(), StoreConfig::default(), draining.clone());
+        let request = || {
+            Request::new(pb::MintRequest {
+                thread_id: "t".into(),
+                provider_instance_id: "i".into(),
+                ..Default::default()
+            })
+        };
+        assert!(service.mint(request()).await.is_ok());
+        draining.store(true, Ordering::Release);
+        let status = service.mint(request()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(RETRY_AFTER_SHUTDOWN)
+        );
+        assert_eq!(details.error_info().unwrap().reason, "SERVICE_UNAVAILABLE");
+        assert_eq!(store.record_count(), 1, "the refused call stored nothing");
+    }
+}
