@@ -145,9 +145,7 @@ fn find_listen_addr(log: &str) -> Option<SocketAddr> {
                 .map(|i| i + 5)
                 .or_else(|| line.find("\"addr\":\"").map(|i| i + 8))?;
             let rest = &line[start..];
-            let end = rest
-                .find(|c: char| c == ' ' || c == '"')
-                .unwrap_or(rest.len());
+            let end = rest.find([' ', '"']).unwrap_or(rest.len());
             rest[..end].parse().ok()
         })
 }
