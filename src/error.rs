@@ -7,13 +7,14 @@
 //! [`Failure::Unavailable`] is retryable, and only it carries `RetryInfo`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::store::{DeadCredential, DeathReason};
-use crate::token::MalformedToken;
+use crate::store::{DeadCredential, DeathReason, Rejection};
+use crate::token::{CredentialId, MalformedToken};
 use crate::validate::FieldViolation;
 
 /// The `ErrorInfo.domain` of every failure.
@@ -22,15 +23,31 @@ pub const DOMAIN: &str = "credential-authority";
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    /// The token is not in this service's format.
+    /// The presented token is not in this service's format.
     #[error("malformed token: {0}")]
     Malformed(MalformedToken),
-    /// A well-formed token the service does not know.
+    /// A well-formed presented token the service does not know.
     #[error("unknown token")]
     Unknown,
-    /// A known credential that is dead.
+    /// A presented token whose credential is dead.
     #[error("dead credential {}", .0.credential_id)]
     Dead(DeadCredential),
+    /// A live credential without the scope the call required. Not terminal.
+    #[error("credential {credential_id} lacks a required scope")]
+    ScopeMissing {
+        /// The credential's handle.
+        credential_id: CredentialId,
+        /// Its thread.
+        thread_id: Arc<str>,
+        /// The scope that was required.
+        scope: Box<str>,
+    },
+    /// The owner named a credential or thread the service does not know.
+    #[error("unknown target")]
+    TargetUnknown,
+    /// The owner named a credential that is dead.
+    #[error("dead target {}", .0.credential_id)]
+    TargetDead(DeadCredential),
     /// The request has bad fields.
     #[error("invalid request ({} bad fields)", .0.len())]
     InvalidArgument(Vec<FieldViolation>),
@@ -44,17 +61,33 @@ pub enum Failure {
     },
 }
 
+/// The stable reason for a death.
+fn death_reason(reason: DeathReason) -> &'static str {
+    match reason {
+        DeathReason::Expired => "TOKEN_EXPIRED",
+        DeathReason::IdleTimeout => "TOKEN_IDLE_TIMEOUT",
+        DeathReason::Revoked(_) => "TOKEN_REVOKED",
+    }
+}
+
 impl Failure {
+    /// Turns a store rejection of a call by the credential's owner (Touch)
+    /// into a failure about the named target rather than the caller.
+    pub fn for_owner(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Unknown => Failure::TargetUnknown,
+            Rejection::Dead(dead) => Failure::TargetDead(dead),
+            other => other.into(),
+        }
+    }
+
     /// The stable `ErrorInfo.reason` (see `ErrorReason` in the proto).
     pub fn reason(&self) -> &'static str {
         match self {
             Failure::Malformed(_) => "TOKEN_MALFORMED",
-            Failure::Unknown => "TOKEN_UNKNOWN",
-            Failure::Dead(dead) => match dead.reason {
-                DeathReason::Expired => "TOKEN_EXPIRED",
-                DeathReason::IdleTimeout => "TOKEN_IDLE_TIMEOUT",
-                DeathReason::Revoked(_) => "TOKEN_REVOKED",
-            },
+            Failure::Unknown | Failure::TargetUnknown => "TOKEN_UNKNOWN",
+            Failure::Dead(dead) | Failure::TargetDead(dead) => death_reason(dead.reason),
+            Failure::ScopeMissing { .. } => "TOKEN_SCOPE_MISSING",
             Failure::InvalidArgument(_) => "INVALID_REQUEST",
             Failure::Unavailable { .. } => "SERVICE_UNAVAILABLE",
         }
@@ -64,8 +97,20 @@ impl Failure {
     pub fn code(&self) -> Code {
         match self {
             Failure::Malformed(_) | Failure::Unknown | Failure::Dead(_) => Code::Unauthenticated,
+            Failure::ScopeMissing { .. } => Code::PermissionDenied,
+            Failure::TargetUnknown => Code::NotFound,
+            Failure::TargetDead(_) => Code::FailedPrecondition,
             Failure::InvalidArgument(_) => Code::InvalidArgument,
             Failure::Unavailable { .. } => Code::Unavailable,
+        }
+    }
+
+    /// The credential a failure is about, when known (for the log line).
+    pub fn credential_id(&self) -> Option<CredentialId> {
+        match self {
+            Failure::Dead(dead) | Failure::TargetDead(dead) => Some(dead.credential_id),
+            Failure::ScopeMissing { credential_id, .. } => Some(*credential_id),
+            _ => None,
         }
     }
 
@@ -85,7 +130,11 @@ impl Failure {
                 "token is not known to this service (never minted here, or dead for longer \
                  than the tombstone retention); {NEVER_AGAIN}"
             ),
-            Failure::Dead(dead) => {
+            Failure::TargetUnknown => format!(
+                "no such credential or thread (never minted here, or dead for longer than \
+                 the tombstone retention); {NEVER_AGAIN}"
+            ),
+            Failure::Dead(dead) | Failure::TargetDead(dead) => {
                 metadata.insert("credential_id".to_owned(), dead.credential_id.to_string());
                 metadata.insert("thread_id".to_owned(), dead.thread_id.to_string());
                 let what = match dead.reason {
@@ -100,19 +149,37 @@ impl Failure {
                 };
                 format!("credential {} {what}; {NEVER_AGAIN}", dead.credential_id)
             }
+            Failure::ScopeMissing {
+                credential_id,
+                thread_id,
+                scope,
+            } => {
+                metadata.insert("credential_id".to_owned(), credential_id.to_string());
+                metadata.insert("thread_id".to_owned(), thread_id.to_string());
+                metadata.insert("scope".to_owned(), scope.to_string());
+                format!(
+                    "credential {credential_id} does not hold the scope {scope:?} this call \
+                     requires; the token is still valid for its own scopes, so this is not a \
+                     logout: retrying this call with the same token cannot succeed"
+                )
+            }
             Failure::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
+                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_ref()).collect();
+                metadata.insert("fields".to_owned(), fields.join(","));
                 let summary = violations
                     .iter()
                     .map(|v| v.description.as_str())
                     .collect::<Vec<_>>()
                     .join("; ");
-                for violation in violations.iter() {
-                    details
-                        .add_bad_request_violation(violation.field, violation.description.clone());
+                for violation in &violations {
+                    details.add_bad_request_violation(
+                        violation.field.clone(),
+                        violation.description.clone(),
+                    );
                 }
-                metadata.insert("fields".to_owned(), fields.join(","));
-                format!("invalid request: {summary}; fix the request, retrying it unchanged cannot succeed")
+                format!(
+                    "invalid request: {summary}; fix the request, retrying it unchanged cannot succeed"
+                )
             }
             Failure::Unavailable {
                 message,
@@ -137,11 +204,20 @@ impl From<MalformedToken> for Failure {
     }
 }
 
-impl From<crate::store::Rejection> for Failure {
-    fn from(rejection: crate::store::Rejection) -> Self {
+impl From<Rejection> for Failure {
+    fn from(rejection: Rejection) -> Self {
         match rejection {
-            crate::store::Rejection::Unknown => Failure::Unknown,
-            crate::store::Rejection::Dead(dead) => Failure::Dead(dead),
+            Rejection::Unknown => Failure::Unknown,
+            Rejection::Dead(dead) => Failure::Dead(dead),
+            Rejection::ScopeMissing {
+                credential_id,
+                thread_id,
+                scope,
+            } => Failure::ScopeMissing {
+                credential_id,
+                thread_id,
+                scope,
+            },
         }
     }
 }

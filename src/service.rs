@@ -82,8 +82,8 @@ impl Call {
     ) -> Result<Response<T>, Status> {
         let latency_us = self.started.elapsed().as_micros() as u64;
         let credential_id = credential_id.or(match &outcome {
-            Err(Failure::Dead(dead)) => Some(dead.credential_id),
-            _ => None,
+            Err(failure) => failure.credential_id(),
+            Ok(_) => None,
         });
         let credential = tracing::field::display(
             credential_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
@@ -149,6 +149,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 request.max_lifetime.as_ref(),
                 self.limits.max_lifetime,
             );
+            let scopes = violations.scopes(&request.scopes);
+            let labels = violations.labels(&request.labels);
             violations.into_result(())?;
             let new = NewCredential {
                 thread_id: thread_id.unwrap_or_default(),
@@ -156,6 +158,9 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 provider_kind,
                 idle_timeout,
                 max_lifetime,
+                replace_previous: request.replace_previous,
+                scopes,
+                labels,
             };
             let token = Token::generate();
             let minted = self.store.mint(token.digest(), new);
@@ -165,6 +170,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 credential_id: minted.credential_id.to_string(),
                 expires_at: timestamp(minted.deadlines.expires_at),
                 idle_expires_at: timestamp(minted.deadlines.idle_expires_at),
+                replaced: minted.replaced,
             })
         });
         call.finish(outcome, minted_id)
@@ -175,16 +181,18 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         let call = self.begin("Resolve", &request);
-        let presented = &request.get_ref().token;
+        let request = request.get_ref();
         let mut resolved_id = None;
         let outcome = call.admit().and_then(|()| {
-            if presented.is_empty() {
-                let mut violations = Violations::default();
+            let mut violations = Violations::default();
+            if request.token.is_empty() {
                 violations.add("token", "token is required");
-                return Err(violations.into_result(()).unwrap_err().into());
             }
-            let digest = token::parse(presented)?;
-            let resolved = self.store.resolve(&digest)?;
+            let required_scope =
+                violations.required_scope("required_scope", &request.required_scope);
+            violations.into_result(())?;
+            let digest = token::parse(&request.token)?;
+            let resolved = self.store.resolve(&digest, required_scope)?;
             resolved_id = Some(resolved.credential_id);
             Ok(pb::ResolveResponse {
                 credential_id: resolved.credential_id.to_string(),
@@ -198,6 +206,12 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 expires_at: timestamp(resolved.deadlines.expires_at),
                 idle_expires_at: timestamp(resolved.deadlines.idle_expires_at),
                 created_at: timestamp(resolved.created_at),
+                scopes: resolved.scopes.iter().map(|s| s.to_string()).collect(),
+                labels: resolved
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             })
         });
         call.finish(outcome, resolved_id)
@@ -235,6 +249,75 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             Ok(pb::RevokeAllResponse { revoked })
         });
         call.finish(outcome, None)
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
+        let call = self.begin("RevokeCredential", &request);
+        let mut target = None;
+        let outcome = call.admit().and_then(|()| {
+            let mut violations = Violations::default();
+            let credential_id =
+                violations.credential_id("credential_id", &request.get_ref().credential_id);
+            violations.into_result(())?;
+            target = credential_id;
+            let revoked = self
+                .store
+                .revoke_credential(&credential_id.expect("validated"));
+            Ok(pb::RevokeCredentialResponse { revoked })
+        });
+        call.finish(outcome, target)
+    }
+
+    async fn touch(
+        &self,
+        request: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        use pb::touch_request::Target;
+        let call = self.begin("Touch", &request);
+        let mut target_id = None;
+        let outcome = call.admit().and_then(|()| {
+            let mut violations = Violations::default();
+            let touched = match &request.get_ref().target {
+                Some(Target::CredentialId(id)) => {
+                    let id = violations.credential_id("credential_id", id);
+                    violations.into_result(())?;
+                    target_id = id;
+                    let id = id.expect("validated");
+                    vec![self
+                        .store
+                        .touch_credential(&id)
+                        .map_err(Failure::for_owner)?]
+                }
+                Some(Target::ThreadId(thread_id)) => {
+                    let thread_id = violations.id("thread_id", thread_id, true);
+                    violations.into_result(())?;
+                    self.store
+                        .touch_thread(thread_id.unwrap_or_default())
+                        .map_err(Failure::for_owner)?
+                }
+                None => {
+                    violations.add(
+                        "target",
+                        "target is required: set credential_id or thread_id",
+                    );
+                    return Err(violations.into_result(()).unwrap_err().into());
+                }
+            };
+            Ok(pb::TouchResponse {
+                credentials: touched
+                    .into_iter()
+                    .map(|t| pb::TouchedCredential {
+                        credential_id: t.credential_id.to_string(),
+                        expires_at: timestamp(t.deadlines.expires_at),
+                        idle_expires_at: timestamp(t.deadlines.idle_expires_at),
+                    })
+                    .collect(),
+            })
+        });
+        call.finish(outcome, target_id)
     }
 }
 

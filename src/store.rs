@@ -20,6 +20,9 @@
 //! - A dead credential leaves a tombstone (bounded by age and count) so that
 //!   Resolve can say `TOKEN_REVOKED` or `TOKEN_EXPIRED` rather than
 //!   `TOKEN_UNKNOWN`.
+//! - Two small indexes serve the owner's calls: thread id -> digests
+//!   (RevokeThread, Touch by thread, rotation) and credential id -> digest
+//!   (RevokeCredential, Touch by id). Resolve touches neither.
 //!
 //! The store never sees a token: it is keyed by [`TokenDigest`].
 
@@ -84,7 +87,7 @@ impl Default for StoreConfig {
 }
 
 /// What Mint needs to know about the new credential, already validated.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct NewCredential<'a> {
     /// The session thread the credential belongs to.
     pub thread_id: &'a str,
@@ -96,7 +99,20 @@ pub struct NewCredential<'a> {
     pub idle_timeout: Option<Duration>,
     /// A per-credential max lifetime; clamped to the store's.
     pub max_lifetime: Option<Duration>,
+    /// Revoke every earlier live credential of the same thread and provider
+    /// instance in the same atomic step.
+    pub replace_previous: bool,
+    /// What the credential may do.
+    pub scopes: Scopes,
+    /// Free-form context returned by Resolve.
+    pub labels: Labels,
 }
+
+/// A credential's scopes, shared between the record and every Resolve answer.
+pub type Scopes = Arc<[Box<str>]>;
+
+/// A credential's labels (key, value), sorted by key, shared like [`Scopes`].
+pub type Labels = Arc<[(Box<str>, Box<str>)]>;
 
 /// The deadlines of a credential as of its mint or latest renewal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +129,17 @@ pub struct Minted {
     /// The non-secret handle.
     pub credential_id: CredentialId,
     /// The deadlines it starts with.
+    pub deadlines: Deadlines,
+    /// How many earlier credentials `replace_previous` revoked.
+    pub replaced: u64,
+}
+
+/// A credential renewed by Touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touched {
+    /// The non-secret handle.
+    pub credential_id: CredentialId,
+    /// The deadlines after the renewal.
     pub deadlines: Deadlines,
 }
 
@@ -131,6 +158,10 @@ pub struct Resolved {
     pub created_at: Millis,
     /// The deadlines after this use renewed them.
     pub deadlines: Deadlines,
+    /// What it may do.
+    pub scopes: Scopes,
+    /// Its labels.
+    pub labels: Labels,
 }
 
 /// Which revocation killed a credential.
@@ -142,6 +173,10 @@ pub enum RevocationCause {
     ProviderInstance,
     /// RevokeAll for every credential.
     All,
+    /// RevokeCredential for this one credential.
+    Credential,
+    /// A Mint with `replace_previous` for the same thread and instance.
+    Replaced,
 }
 
 impl RevocationCause {
@@ -151,6 +186,8 @@ impl RevocationCause {
             RevocationCause::Thread => "thread",
             RevocationCause::ProviderInstance => "provider_instance",
             RevocationCause::All => "all",
+            RevocationCause::Credential => "credential",
+            RevocationCause::Replaced => "replaced",
         }
     }
 }
@@ -186,6 +223,16 @@ pub enum Rejection {
     /// Known and dead.
     #[error("dead credential {}: {:?}", .0.credential_id, .0.reason)]
     Dead(DeadCredential),
+    /// Live, but without the scope the caller required. Not terminal.
+    #[error("credential {credential_id} lacks scope {scope:?}")]
+    ScopeMissing {
+        /// Its non-secret handle.
+        credential_id: CredentialId,
+        /// The thread it was minted for.
+        thread_id: Arc<str>,
+        /// The scope that was required.
+        scope: Box<str>,
+    },
 }
 
 /// The cheap-to-clone handle to the store shared by every RPC.
@@ -208,6 +255,10 @@ struct Shared {
     threads: DashMap<Arc<str>, Vec<TokenDigest>>,
     /// Provider instance id -> its generation and live count, for RevokeAll.
     instances: DashMap<Arc<str>, Arc<Instance>>,
+    /// Credential id -> digest, for the owner's calls by id. An entry lives
+    /// as long as the record or its tombstone, so a dead credential's reason
+    /// stays known by id too.
+    credentials: DashMap<CredentialId, TokenDigest>,
     /// Makes "read the generations and count the credential" (Mint, removal)
     /// atomic with respect to "bump a generation and take the count"
     /// (RevokeAll). Never taken by Resolve, which reads the generations alone.
@@ -269,6 +320,8 @@ struct Record {
     thread_id: Arc<str>,
     instance: Arc<Instance>,
     provider_kind: Option<Arc<str>>,
+    scopes: Scopes,
+    labels: Labels,
     instance_generation: u64,
     created_at: Millis,
     idle_timeout: Millis,
@@ -387,8 +440,16 @@ struct Tombstone {
 
 impl Tombstones {
     /// Remembers a death. The first recorded reason wins: it is when the
-    /// credential actually died.
-    fn record(&self, digest: TokenDigest, dead: DeadCredential, now: Millis, limits: &Limits) {
+    /// credential actually died. Tombstones pushed out by the count limit
+    /// take their credential-index entries with them.
+    fn record(
+        &self,
+        digest: TokenDigest,
+        dead: DeadCredential,
+        now: Millis,
+        limits: &Limits,
+        credentials: &DashMap<CredentialId, TokenDigest>,
+    ) {
         if limits.tombstone_capacity == 0 {
             return;
         }
@@ -402,23 +463,27 @@ impl Tombstones {
         order.push_back((now, digest));
         while order.len() > limits.tombstone_capacity {
             if let Some((_, oldest)) = order.pop_front() {
-                self.by_digest.remove(&oldest);
+                self.forget(&oldest, credentials);
             }
         }
     }
 
-    /// Forgets tombstones recorded at or before `cutoff`; returns when the
-    /// oldest remaining one was recorded.
-    fn evict_older_than(&self, cutoff: Millis) -> Option<Millis> {
+    /// Forgets tombstones recorded at or before `cutoff`.
+    fn evict_older_than(&self, cutoff: Millis, credentials: &DashMap<CredentialId, TokenDigest>) {
         let mut order = self.order.lock();
         while let Some(&(at, digest)) = order.front() {
             if at > cutoff {
-                return Some(at);
+                return;
             }
             order.pop_front();
-            self.by_digest.remove(&digest);
+            self.forget(&digest, credentials);
         }
-        None
+    }
+
+    fn forget(&self, digest: &TokenDigest, credentials: &DashMap<CredentialId, TokenDigest>) {
+        if let Some((_, tombstone)) = self.by_digest.remove(digest) {
+            credentials.remove(&tombstone.dead.credential_id);
+        }
     }
 
     fn get(&self, digest: &TokenDigest) -> Option<DeadCredential> {
@@ -467,6 +532,7 @@ impl Store {
                 records: DashMap::with_hasher(BuildNoHashHasher::default()),
                 threads: DashMap::new(),
                 instances: DashMap::new(),
+                credentials: DashMap::new(),
                 generation_lock: RwLock::new(()),
                 deadlines: Mutex::new(BinaryHeap::new()),
                 tombstones: Tombstones {
@@ -496,7 +562,10 @@ impl Store {
     }
 
     /// Stores a new credential under `digest` (the digest of a freshly
-    /// generated token).
+    /// generated token). With `replace_previous`, the earlier live credentials
+    /// of the same thread and provider instance are revoked under the thread's
+    /// index lock before the new record becomes visible, so the two never
+    /// work at the same time and concurrent rotations of one thread serialise.
     pub fn mint(&self, digest: TokenDigest, new: NewCredential<'_>) -> Minted {
         let shared = &*self.shared;
         let limits = &shared.limits;
@@ -523,6 +592,8 @@ impl Store {
             thread_id: thread_id.clone(),
             instance,
             provider_kind: new.provider_kind.map(Arc::from),
+            scopes: new.scopes,
+            labels: new.labels,
             instance_generation,
             created_at: now,
             idle_timeout,
@@ -532,24 +603,69 @@ impl Store {
             expires_at: AtomicU64::new(expires_at),
         };
         let deadlines = record.deadlines();
-        // Record first, index second: a concurrent RevokeThread that misses
-        // the index entry then simply happened before this Mint.
-        shared.records.insert(digest, record);
-        shared.threads.entry(thread_id).or_default().push(digest);
+        shared.credentials.insert(credential_id, digest);
+        let replaced = if new.replace_previous {
+            let mut digests = shared.threads.entry(thread_id).or_default();
+            let mut replaced = 0;
+            digests.retain(|earlier| {
+                let same_instance = shared
+                    .records
+                    .get(earlier)
+                    .is_some_and(|r| *r.instance.id == *new.provider_instance_id);
+                if !same_instance {
+                    return true;
+                }
+                let (outcome, removed) =
+                    shared.retire(earlier, now, Some(RevocationCause::Replaced));
+                if let Some(removed) = removed {
+                    // The thread index entry is dropped by `retain` itself:
+                    // its shard is locked here.
+                    shared.forget(earlier, removed, false);
+                }
+                if let Retired::RevokedLive = outcome {
+                    replaced += 1;
+                }
+                false
+            });
+            shared.records.insert(digest, record);
+            digests.push(digest);
+            replaced
+        } else {
+            // Record first, index second: a concurrent RevokeThread that
+            // misses the index entry then simply happened before this Mint.
+            shared.records.insert(digest, record);
+            shared.threads.entry(thread_id).or_default().push(digest);
+            0
+        };
         shared.queue_deadline(deadlines.idle_expires_at, digest);
         Minted {
             credential_id,
             deadlines,
+            replaced,
         }
     }
 
-    /// Checks a digest and renews the credential when it is live.
-    pub fn resolve(&self, digest: &TokenDigest) -> Result<Resolved, Rejection> {
+    /// Checks a digest and renews the credential when it is live and holds
+    /// `required_scope` (if given). A refused scope leaves it unrenewed.
+    pub fn resolve(
+        &self,
+        digest: &TokenDigest,
+        required_scope: Option<&str>,
+    ) -> Result<Resolved, Rejection> {
         let shared = &*self.shared;
         let now = shared.clock.now();
         if let Some(record) = shared.records.get(digest) {
             if let Some(reason) = record.death(now) {
                 return Err(Rejection::Dead(record.dead(reason)));
+            }
+            if let Some(scope) = required_scope {
+                if !record.scopes.iter().any(|held| **held == *scope) {
+                    return Err(Rejection::ScopeMissing {
+                        credential_id: record.credential_id,
+                        thread_id: record.thread_id.clone(),
+                        scope: scope.into(),
+                    });
+                }
             }
             let deadlines = record.renew(now);
             return Ok(Resolved {
@@ -559,11 +675,49 @@ impl Store {
                 provider_kind: record.provider_kind.clone(),
                 created_at: record.created_at,
                 deadlines,
+                scopes: record.scopes.clone(),
+                labels: record.labels.clone(),
             });
         }
-        match shared.tombstones.get(digest) {
-            Some(dead) => Err(Rejection::Dead(dead)),
-            None => Err(Rejection::Unknown),
+        Err(shared.rejection(digest))
+    }
+
+    /// Renews one credential, by its handle, exactly as a successful Resolve
+    /// would. Fails with the reason Resolve would give; never revives.
+    pub fn touch_credential(&self, credential_id: &CredentialId) -> Result<Touched, Rejection> {
+        let shared = &*self.shared;
+        let digest = shared
+            .credentials
+            .get(credential_id)
+            .map(|entry| *entry)
+            .ok_or(Rejection::Unknown)?;
+        shared.touch(&digest, shared.clock.now())
+    }
+
+    /// Renews every live credential of a thread. Fails only when none is
+    /// live: with the death of the thread's newest credential, or
+    /// [`Rejection::Unknown`] when the thread has none.
+    pub fn touch_thread(&self, thread_id: &str) -> Result<Vec<Touched>, Rejection> {
+        let shared = &*self.shared;
+        let digests = shared
+            .threads
+            .get(thread_id)
+            .map(|entry| entry.clone())
+            .ok_or(Rejection::Unknown)?;
+        let now = shared.clock.now();
+        let mut touched = Vec::with_capacity(digests.len());
+        let mut failure = Rejection::Unknown;
+        // The index is in mint order, so the last failure is the newest's.
+        for digest in &digests {
+            match shared.touch(digest, now) {
+                Ok(one) => touched.push(one),
+                Err(rejection) => failure = rejection,
+            }
+        }
+        if touched.is_empty() {
+            Err(failure)
+        } else {
+            Ok(touched)
         }
     }
 
@@ -576,12 +730,32 @@ impl Store {
         let now = shared.clock.now();
         let mut revoked = 0;
         for digest in &digests {
-            if let Retired::RevokedLive = shared.retire(digest, now, Some(RevocationCause::Thread))
-            {
+            let (outcome, removed) = shared.retire(digest, now, Some(RevocationCause::Thread));
+            if let Some(removed) = removed {
+                shared.forget(digest, removed, false);
+            }
+            if let Retired::RevokedLive = outcome {
                 revoked += 1;
             }
         }
         revoked
+    }
+
+    /// Revokes one credential by its handle; returns 1 if it was live.
+    pub fn revoke_credential(&self, credential_id: &CredentialId) -> u64 {
+        let shared = &*self.shared;
+        let Some(digest) = shared.credentials.get(credential_id).map(|entry| *entry) else {
+            return 0;
+        };
+        let (outcome, removed) = shared.retire(
+            &digest,
+            shared.clock.now(),
+            Some(RevocationCause::Credential),
+        );
+        if let Some(removed) = removed {
+            shared.forget(&digest, removed, true);
+        }
+        u64::from(matches!(outcome, Retired::RevokedLive))
     }
 
     /// Revokes every credential, or those of one provider instance, in
@@ -627,6 +801,11 @@ impl Store {
         self.shared.tombstones.by_digest.len()
     }
 
+    /// How many credential ids are indexed (live records and tombstones).
+    pub fn indexed_credential_ids(&self) -> usize {
+        self.shared.credentials.len()
+    }
+
     /// How many sweeper deadlines are queued (some may be stale).
     pub fn queued_deadlines(&self) -> usize {
         self.shared.deadlines.lock().len()
@@ -668,29 +847,56 @@ impl Shared {
         }
     }
 
+    /// Why an absent digest fails: its tombstone's reason, or unknown.
+    fn rejection(&self, digest: &TokenDigest) -> Rejection {
+        match self.tombstones.get(digest) {
+            Some(dead) => Rejection::Dead(dead),
+            None => Rejection::Unknown,
+        }
+    }
+
+    /// Renews the credential under `digest` as a successful Resolve would.
+    fn touch(&self, digest: &TokenDigest, now: Millis) -> Result<Touched, Rejection> {
+        if let Some(record) = self.records.get(digest) {
+            if let Some(reason) = record.death(now) {
+                return Err(Rejection::Dead(record.dead(reason)));
+            }
+            return Ok(Touched {
+                credential_id: record.credential_id,
+                deadlines: record.renew(now),
+            });
+        }
+        Err(self.rejection(digest))
+    }
+
     /// Removes the record under `digest` if it is dead, or if `revoke` is
     /// given, leaving a tombstone. The tombstone is written under the record's
     /// shard lock, before the record disappears, so a Resolve that misses the
-    /// record always finds the tombstone.
+    /// record always finds the tombstone. The caller passes a removed record
+    /// to [`Shared::forget`].
     fn retire(
         &self,
         digest: &TokenDigest,
         now: Millis,
         revoke: Option<RevocationCause>,
-    ) -> Retired {
+    ) -> (Retired, Option<Record>) {
         let mut outcome = Retired::Absent;
         let removed = self.records.remove_if(digest, |_, record| {
             let (reason, was_live) = match (record.death(now), revoke) {
                 (Some(reason), _) => (reason, false),
                 (None, Some(cause)) => (DeathReason::Revoked(cause), true),
                 (None, None) => {
-                    let deadlines = record.deadlines();
-                    outcome = Retired::StillLive(deadlines.idle_expires_at);
+                    outcome = Retired::StillLive(record.deadlines().idle_expires_at);
                     return false;
                 }
             };
-            self.tombstones
-                .record(*digest, record.dead(reason), now, &self.limits);
+            self.tombstones.record(
+                *digest,
+                record.dead(reason),
+                now,
+                &self.limits,
+                &self.credentials,
+            );
             outcome = if was_live {
                 Retired::RevokedLive
             } else {
@@ -698,32 +904,38 @@ impl Shared {
             };
             true
         });
-        if let Some((_, record)) = removed {
-            self.forget(digest, record);
-        }
-        outcome
+        (outcome, removed.map(|(_, record)| record))
     }
 
     /// Updates the counts and indexes after the record under `digest` was
-    /// removed, dropping index entries that became empty.
-    fn forget(&self, digest: &TokenDigest, record: Record) {
+    /// removed, dropping index entries that became empty. `unindex_thread` is
+    /// false when the caller already took the digest out of the thread index
+    /// (and may hold that index's lock).
+    fn forget(&self, digest: &TokenDigest, record: Record, unindex_thread: bool) {
         {
             let _counting = self.generation_lock.read();
             if record.counted() {
                 record.instance.live.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        let thread_emptied = self
-            .threads
-            .get_mut(&record.thread_id)
-            .is_some_and(|mut digests| {
-                // Cheap: a thread holds a handful of credentials.
-                digests.retain(|d| d != digest);
-                digests.is_empty()
-            });
-        if thread_emptied {
-            self.threads
-                .remove_if(&record.thread_id, |_, digests| digests.is_empty());
+        // Without a tombstone (none kept, or pushed out at once) nothing
+        // needs the id any more; otherwise the tombstone's eviction drops it.
+        if !self.tombstones.by_digest.contains_key(digest) {
+            self.credentials.remove(&record.credential_id);
+        }
+        if unindex_thread {
+            let emptied = self
+                .threads
+                .get_mut(&record.thread_id)
+                .is_some_and(|mut digests| {
+                    // Cheap: a thread holds a handful of credentials.
+                    digests.retain(|d| d != digest);
+                    digests.is_empty()
+                });
+            if emptied {
+                self.threads
+                    .remove_if(&record.thread_id, |_, digests| digests.is_empty());
+            }
         }
         let instance_id = record.instance.id.clone();
         drop(record);
@@ -755,7 +967,11 @@ impl Shared {
         let more = due.len() == SWEEP_BATCH;
         let mut requeue = Vec::new();
         for deadline in &due {
-            match self.retire(&deadline.digest, now, None) {
+            let (outcome, removed) = self.retire(&deadline.digest, now, None);
+            if let Some(removed) = removed {
+                self.forget(&deadline.digest, removed, true);
+            }
+            match outcome {
                 Retired::StillLive(at) => requeue.push(Reverse(Deadline {
                     at,
                     digest: deadline.digest,
@@ -768,8 +984,10 @@ impl Shared {
         if !requeue.is_empty() {
             self.deadlines.lock().extend(requeue);
         }
-        self.tombstones
-            .evict_older_than(now.saturating_sub(self.limits.tombstone_retention));
+        self.tombstones.evict_older_than(
+            now.saturating_sub(self.limits.tombstone_retention),
+            &self.credentials,
+        );
         (report, more)
     }
 

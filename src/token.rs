@@ -174,6 +174,24 @@ impl CredentialId {
     pub fn generate() -> Self {
         CredentialId(rand::random())
     }
+
+    /// Reads a handle in its display form (`cred_` + 32 lowercase hex).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("cred_")?.as_bytes();
+        if hex.len() != 32 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut bytes = [0u8; 16];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+        }
+        Some(CredentialId(bytes))
+    }
 }
 
 impl fmt::Display for CredentialId {
@@ -264,10 +282,16 @@ mod tests {
     }
 
     #[test]
-    fn credential_ids_have_the_documented_shape() {
-        let id = CredentialId::generate().to_string();
-        assert_eq!(id.len(), 5 + 32);
-        assert!(id.starts_with("cred_"));
-        assert!(id[5..].bytes().all(|b| b.is_ascii_hexdigit()));
+    fn credential_ids_have_the_documented_shape_and_parse_back() {
+        let id = CredentialId::generate();
+        let text = id.to_string();
+        assert_eq!(text.len(), 5 + 32);
+        assert!(text.starts_with("cred_"));
+        assert!(text[5..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(CredentialId::parse(&text), Some(id));
+        assert_eq!(CredentialId::parse(&text.to_uppercase()), None);
+        assert_eq!(CredentialId::parse(&text[..36]), None);
+        assert_eq!(CredentialId::parse(&text.replace("cred_", "cred-")), None);
+        assert_eq!(CredentialId::parse(&format!("{}g", &text[..36])), None);
     }
 }

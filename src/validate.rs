@@ -4,17 +4,33 @@
 //! answer names every bad field. Descriptions never echo the offending value:
 //! a caller may have put a token in the wrong field.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::store::{Labels, Scopes};
+use crate::token::CredentialId;
 
 /// The longest id (thread, provider instance, provider kind) accepted, in
 /// bytes. Bounds memory per credential and log line length.
 pub const MAX_ID_BYTES: usize = 256;
+/// The most scopes one credential may hold.
+pub const MAX_SCOPES: usize = 64;
+/// The longest scope, in bytes.
+pub const MAX_SCOPE_BYTES: usize = 128;
+/// The most labels one credential may carry.
+pub const MAX_LABELS: usize = 16;
+/// The longest label key, in characters of `[a-z0-9_.-]`.
+pub const MAX_LABEL_KEY_CHARS: usize = 63;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 
 /// One bad field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
-    /// The field's name as in the proto (`thread_id`, `idle_timeout`, ...).
-    pub field: &'static str,
+    /// The field's path as in the proto (`thread_id`, `scopes[2]`,
+    /// `labels.env`, ...).
+    pub field: std::borrow::Cow<'static, str>,
     /// Why it is bad, in words a caller can act on.
     pub description: String,
 }
@@ -27,7 +43,7 @@ impl Violations {
     /// Records a violation.
     pub fn add(&mut self, field: &'static str, description: impl Into<String>) {
         self.0.push(FieldViolation {
-            field,
+            field: field.into(),
             description: description.into(),
         });
     }
@@ -74,6 +90,138 @@ impl Violations {
             ok = false;
         }
         ok.then_some(value)
+    }
+
+    /// Checks a required credential handle (`cred_` + 32 hex digits).
+    pub fn credential_id(&mut self, field: &'static str, value: &str) -> Option<CredentialId> {
+        if value.is_empty() {
+            self.add(field, format!("{field} is required"));
+            return None;
+        }
+        let parsed = CredentialId::parse(value);
+        if parsed.is_none() {
+            self.add(
+                field,
+                format!("{field} must be `cred_` followed by 32 lowercase hex digits, as Mint returns it"),
+            );
+        }
+        parsed
+    }
+
+    /// Checks one scope name: 1 to [`MAX_SCOPE_BYTES`] bytes, no control
+    /// characters. `field` names it in a violation.
+    fn scope_ok(&mut self, field: impl FnOnce() -> String, value: &str) -> bool {
+        let problem = if value.is_empty() {
+            Some("must not be empty".to_owned())
+        } else if value.len() > MAX_SCOPE_BYTES {
+            Some(format!(
+                "must be at most {MAX_SCOPE_BYTES} bytes, got {}",
+                value.len()
+            ))
+        } else if value.chars().any(char::is_control) {
+            Some("must not contain control characters".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                let field = field();
+                self.0.push(FieldViolation {
+                    description: format!("{field} {problem}"),
+                    field: field.into(),
+                });
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Checks an optional scope a call requires.
+    pub fn required_scope<'a>(&mut self, field: &'static str, value: &'a str) -> Option<&'a str> {
+        if value.is_empty() {
+            return None;
+        }
+        self.scope_ok(|| field.to_owned(), value).then_some(value)
+    }
+
+    /// Checks a credential's scopes: at most [`MAX_SCOPES`], each valid.
+    /// Duplicates are dropped, first occurrence kept.
+    pub fn scopes(&mut self, values: &[String]) -> Scopes {
+        if values.len() > MAX_SCOPES {
+            self.add(
+                "scopes",
+                format!(
+                    "scopes must hold at most {MAX_SCOPES} entries, got {}",
+                    values.len()
+                ),
+            );
+            return Arc::from([]);
+        }
+        let mut kept: Vec<Box<str>> = Vec::with_capacity(values.len());
+        for (index, value) in values.iter().enumerate() {
+            if self.scope_ok(|| format!("scopes[{index}]"), value)
+                && !kept.iter().any(|k| **k == **value)
+            {
+                kept.push(value.as_str().into());
+            }
+        }
+        kept.into()
+    }
+
+    /// Checks a credential's labels: at most [`MAX_LABELS`]; keys 1 to
+    /// [`MAX_LABEL_KEY_CHARS`] characters of `[a-z0-9_.-]`; values at most
+    /// [`MAX_LABEL_VALUE_BYTES`] bytes without control characters. Returns
+    /// them sorted by key.
+    pub fn labels(&mut self, values: &HashMap<String, String>) -> Labels {
+        if values.len() > MAX_LABELS {
+            self.add(
+                "labels",
+                format!(
+                    "labels must hold at most {MAX_LABELS} entries, got {}",
+                    values.len()
+                ),
+            );
+            return Arc::from([]);
+        }
+        let mut kept: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(values.len());
+        for (key, value) in values {
+            let key_ok = (1..=MAX_LABEL_KEY_CHARS).contains(&key.len())
+                && key.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+                });
+            if !key_ok {
+                self.add(
+                    "labels",
+                    format!(
+                        "label keys must be 1 to {MAX_LABEL_KEY_CHARS} characters of [a-z0-9_.-], got one of {} bytes",
+                        key.len()
+                    ),
+                );
+                continue;
+            }
+            let problem = if value.len() > MAX_LABEL_VALUE_BYTES {
+                Some(format!(
+                    "must be at most {MAX_LABEL_VALUE_BYTES} bytes, got {}",
+                    value.len()
+                ))
+            } else if value.chars().any(char::is_control) {
+                Some("must not contain control characters".to_owned())
+            } else {
+                None
+            };
+            match problem {
+                Some(problem) => {
+                    let field = format!("labels.{key}");
+                    self.0.push(FieldViolation {
+                        description: format!("{field} {problem}"),
+                        field: field.into(),
+                    });
+                }
+                None => kept.push((key.as_str().into(), value.as_str().into())),
+            }
+        }
+        kept.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        kept.into()
     }
 
     /// Checks an optional duration override: valid, at least 1 ms and at most

@@ -29,8 +29,7 @@ fn new<'a>(thread_id: &'a str, instance: &'a str) -> NewCredential<'a> {
         thread_id,
         provider_instance_id: instance,
         provider_kind: Some("claude"),
-        idle_timeout: None,
-        max_lifetime: None,
+        ..NewCredential::default()
     }
 }
 
@@ -41,7 +40,7 @@ fn mint(store: &Store, thread_id: &str, instance: &str) -> TokenDigest {
 }
 
 fn death(store: &Store, digest: &TokenDigest) -> DeathReason {
-    match store.resolve(digest) {
+    match store.resolve(digest, None) {
         Err(Rejection::Dead(dead)) => dead.reason,
         other => panic!("expected a dead credential, got {other:?}"),
     }
@@ -58,7 +57,7 @@ fn mint_reports_deadlines_and_resolve_returns_the_owner() {
     let minted = store.mint(digest, new("thread-1", "claude-1"));
     assert_eq!(minted.deadlines.expires_at, START + ms(30 * DAY));
     assert_eq!(minted.deadlines.idle_expires_at, START + ms(30 * MINUTE));
-    let resolved = store.resolve(&digest).unwrap();
+    let resolved = store.resolve(&digest, None).unwrap();
     assert_eq!(resolved.credential_id, minted.credential_id);
     assert_eq!(&*resolved.thread_id, "thread-1");
     assert_eq!(&*resolved.provider_instance_id, "claude-1");
@@ -71,7 +70,7 @@ fn unknown_digest_is_unknown() {
     let (store, _clock) = default_store();
     mint(&store, "t", "i");
     assert!(matches!(
-        store.resolve(&Token::generate().digest()),
+        store.resolve(&Token::generate().digest(), None),
         Err(Rejection::Unknown)
     ));
 }
@@ -83,9 +82,12 @@ fn unused_credential_dies_exactly_at_its_idle_timeout() {
     clock.advance(30 * MINUTE - Duration::from_millis(1));
     // Resolving renews, so check the boundary on a second credential.
     let other = mint(&store, "t2", "i");
-    assert!(store.resolve(&digest).is_ok());
+    assert!(store.resolve(&digest, None).is_ok());
     clock.advance(30 * MINUTE - Duration::from_millis(1));
-    assert!(store.resolve(&digest).is_ok(), "renewed by the last use");
+    assert!(
+        store.resolve(&digest, None).is_ok(),
+        "renewed by the last use"
+    );
     clock.advance(Duration::from_millis(1));
     assert_eq!(death(&store, &other), DeathReason::IdleTimeout);
     clock.advance(30 * MINUTE - Duration::from_millis(1));
@@ -120,7 +122,7 @@ fn unused_credential_dies_at_its_max_lifetime() {
     let digest = mint(&store, "t", "i");
     let witness = mint(&store, "t", "i");
     clock.advance(30 * DAY - Duration::from_millis(1));
-    assert!(store.resolve(&witness).is_ok());
+    assert!(store.resolve(&witness, None).is_ok());
     clock.advance(Duration::from_millis(1));
     assert_eq!(death(&store, &digest), DeathReason::Expired);
 }
@@ -139,7 +141,7 @@ fn steadily_used_credential_lives_far_past_its_first_expiry() {
     for _ in 0..(3 * 24 * 3) {
         clock.advance(20 * MINUTE);
         let resolved = store
-            .resolve(&digest)
+            .resolve(&digest, None)
             .expect("a used credential stays live");
         assert!(resolved.deadlines.expires_at >= previous, "never backwards");
         assert_eq!(resolved.deadlines.expires_at, clock.now() + ms(8 * HOUR));
@@ -170,7 +172,7 @@ fn expires_at_never_moves_backwards() {
     let mut previous = minted.deadlines.expires_at;
     for step in [1, 0, 5, 29, 0, 10] {
         clock.advance(step * MINUTE);
-        let resolved = store.resolve(&digest).unwrap();
+        let resolved = store.resolve(&digest, None).unwrap();
         assert!(resolved.deadlines.expires_at >= previous);
         assert_eq!(
             resolved.deadlines.expires_at,
@@ -193,7 +195,7 @@ fn absolute_lifetime_wins_over_sliding_renewal() {
     let hard_limit = START + ms(2 * HOUR);
     for _ in 0..11 {
         clock.advance(10 * MINUTE);
-        let resolved = store.resolve(&digest).unwrap();
+        let resolved = store.resolve(&digest, None).unwrap();
         assert!(resolved.deadlines.expires_at <= hard_limit);
         assert!(resolved.deadlines.idle_expires_at <= resolved.deadlines.expires_at);
     }
@@ -230,10 +232,10 @@ fn revoke_thread_revokes_every_credential_of_the_thread_only() {
             DeathReason::Revoked(RevocationCause::Thread)
         );
     }
-    assert!(store.resolve(&other).is_ok());
+    assert!(store.resolve(&other, None).is_ok());
     // A new credential for the thread works again.
     let fresh = mint(&store, "thread-a", "claude-1");
-    assert!(store.resolve(&fresh).is_ok());
+    assert!(store.resolve(&fresh, None).is_ok());
 }
 
 #[test]
@@ -267,9 +269,12 @@ fn revoke_all_for_one_provider_instance_leaves_the_others() {
             DeathReason::Revoked(RevocationCause::ProviderInstance)
         );
     }
-    assert!(store.resolve(&codex).is_ok());
+    assert!(store.resolve(&codex, None).is_ok());
     let after = mint(&store, "t3", "claude-1");
-    assert!(store.resolve(&after).is_ok(), "new credentials work again");
+    assert!(
+        store.resolve(&after, None).is_ok(),
+        "new credentials work again"
+    );
     assert_eq!(store.revoke_all(Some("claude-1")), 1);
 }
 
@@ -295,7 +300,7 @@ fn revoke_all_revokes_everything_and_counts_only_live_ones() {
         DeathReason::Revoked(RevocationCause::ProviderInstance)
     );
     let after = mint(&store, "t", "i1");
-    assert!(store.resolve(&after).is_ok());
+    assert!(store.resolve(&after, None).is_ok());
     assert_eq!(store.revoke_all(None), 1);
 }
 
@@ -344,7 +349,10 @@ fn tombstones_expire_after_their_retention() {
     clock.advance(Duration::from_millis(1));
     store.sweep();
     assert_eq!(store.tombstone_count(), 0);
-    assert!(matches!(store.resolve(&digest), Err(Rejection::Unknown)));
+    assert!(matches!(
+        store.resolve(&digest, None),
+        Err(Rejection::Unknown)
+    ));
 }
 
 #[test]
@@ -361,7 +369,10 @@ fn tombstones_are_bounded_in_count_oldest_first() {
     }
     assert_eq!(store.tombstone_count(), 3);
     for digest in &digests[..2] {
-        assert!(matches!(store.resolve(digest), Err(Rejection::Unknown)));
+        assert!(matches!(
+            store.resolve(digest, None),
+            Err(Rejection::Unknown)
+        ));
     }
     for digest in &digests[2..] {
         assert!(matches!(death(&store, digest), DeathReason::Revoked(_)));
@@ -390,7 +401,7 @@ fn sweeper_removes_what_expired_and_nothing_live() {
     // Half of the long ones are used, so their queued deadline is stale.
     clock.advance(20 * MINUTE);
     for digest in &long[..150] {
-        store.resolve(digest).unwrap();
+        store.resolve(digest, None).unwrap();
     }
     let report = store.sweep();
     assert_eq!(report.removed, 300, "exactly the short-lived ones");
@@ -410,7 +421,7 @@ fn sweeper_removes_what_expired_and_nothing_live() {
     assert_eq!(store.record_count(), 150);
     assert_eq!(store.queued_deadlines(), 150);
     for digest in &long[..10] {
-        store.resolve(digest).unwrap();
+        store.resolve(digest, None).unwrap();
     }
     // Minute 50: all but the ten used at minute 35 are dead.
     clock.advance(15 * MINUTE);
@@ -453,7 +464,7 @@ fn concurrent_resolve_never_succeeds_after_revoke_thread_returned() {
                     barrier.wait();
                     for _ in 0..20_000 {
                         let after_revoke = revoked.load(Ordering::SeqCst);
-                        let ok = store.resolve(&digest).is_ok();
+                        let ok = store.resolve(&digest, None).is_ok();
                         if after_revoke && ok {
                             violations.fetch_add(1, Ordering::SeqCst);
                         }
@@ -499,7 +510,7 @@ fn concurrent_resolve_never_succeeds_after_revoke_all_returned() {
                     barrier.wait();
                     for _ in 0..20_000 {
                         let after_revoke = revoked.load(Ordering::SeqCst);
-                        let ok = store.resolve(&digest).is_ok();
+                        let ok = store.resolve(&digest, None).is_ok();
                         if after_revoke && ok {
                             violations.fetch_add(1, Ordering::SeqCst);
                         }
@@ -571,6 +582,6 @@ async fn background_sweeper_removes_expired_credentials_on_its_own() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(store.record_count(), 1);
-    assert!(store.resolve(&live).is_ok());
+    assert!(store.resolve(&live, None).is_ok());
     drop(guard);
 }
