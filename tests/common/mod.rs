@@ -2,6 +2,8 @@
 //! log, for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod grpcurl;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
