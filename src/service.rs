@@ -192,27 +192,25 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 violations.required_scope("required_scope", &request.required_scope);
             violations.into_result(())?;
             let digest = token::parse(&request.token)?;
-            let resolved = self.store.resolve(&digest, required_scope)?;
-            resolved_id = Some(resolved.credential_id);
-            Ok(pb::ResolveResponse {
-                credential_id: resolved.credential_id.to_string(),
-                thread_id: resolved.thread_id.to_string(),
-                provider_instance_id: resolved.provider_instance_id.to_string(),
-                provider_kind: resolved
-                    .provider_kind
-                    .as_deref()
-                    .unwrap_or_default()
-                    .to_owned(),
-                expires_at: timestamp(resolved.deadlines.expires_at),
-                idle_expires_at: timestamp(resolved.deadlines.idle_expires_at),
-                created_at: timestamp(resolved.created_at),
-                scopes: resolved.scopes.iter().map(|s| s.to_string()).collect(),
-                labels: resolved
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            })
+            let response = self.store.resolve_with(&digest, required_scope, |view| {
+                resolved_id = Some(view.credential_id);
+                pb::ResolveResponse {
+                    credential_id: view.credential_id.to_string(),
+                    thread_id: view.thread_id.to_owned(),
+                    provider_instance_id: view.provider_instance_id.to_owned(),
+                    provider_kind: view.provider_kind.unwrap_or_default().to_owned(),
+                    expires_at: timestamp(view.deadlines.expires_at),
+                    idle_expires_at: timestamp(view.deadlines.idle_expires_at),
+                    created_at: timestamp(view.created_at),
+                    scopes: view.scopes.iter().map(|s| s.to_string()).collect(),
+                    labels: view
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                }
+            })?;
+            Ok(response)
         });
         call.finish(outcome, resolved_id)
     }

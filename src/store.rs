@@ -143,25 +143,67 @@ pub struct Touched {
     pub deadlines: Deadlines,
 }
 
-/// Who a live credential belongs to, returned by a successful Resolve.
-#[derive(Debug, Clone)]
-pub struct Resolved {
+/// Who a live credential belongs to, as a successful Resolve sees it:
+/// borrowed from the record, so answering copies the strings once into the
+/// response and touches no reference count shared with other credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialView<'a> {
     /// The non-secret handle.
     pub credential_id: CredentialId,
     /// The thread it was minted for.
-    pub thread_id: Arc<str>,
+    pub thread_id: &'a str,
     /// The provider instance it was minted for.
-    pub provider_instance_id: Arc<str>,
+    pub provider_instance_id: &'a str,
     /// The provider label given at mint time.
-    pub provider_kind: Option<Arc<str>>,
+    pub provider_kind: Option<&'a str>,
     /// When it was minted.
     pub created_at: Millis,
     /// The deadlines after this use renewed them.
     pub deadlines: Deadlines,
     /// What it may do.
-    pub scopes: Scopes,
-    /// Its labels.
-    pub labels: Labels,
+    pub scopes: &'a [Box<str>],
+    /// Its labels, sorted by key.
+    pub labels: &'a [(Box<str>, Box<str>)],
+}
+
+/// An owned copy of a [`CredentialView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The non-secret handle.
+    pub credential_id: CredentialId,
+    /// The thread it was minted for.
+    pub thread_id: String,
+    /// The provider instance it was minted for.
+    pub provider_instance_id: String,
+    /// The provider label given at mint time.
+    pub provider_kind: Option<String>,
+    /// When it was minted.
+    pub created_at: Millis,
+    /// The deadlines after this use renewed them.
+    pub deadlines: Deadlines,
+    /// What it may do.
+    pub scopes: Vec<String>,
+    /// Its labels, sorted by key.
+    pub labels: Vec<(String, String)>,
+}
+
+impl From<CredentialView<'_>> for Resolved {
+    fn from(view: CredentialView<'_>) -> Self {
+        Resolved {
+            credential_id: view.credential_id,
+            thread_id: view.thread_id.to_owned(),
+            provider_instance_id: view.provider_instance_id.to_owned(),
+            provider_kind: view.provider_kind.map(str::to_owned),
+            created_at: view.created_at,
+            deadlines: view.deadlines,
+            scopes: view.scopes.iter().map(|s| s.to_string()).collect(),
+            labels: view
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
 }
 
 /// Which revocation killed a credential.
@@ -646,40 +688,53 @@ impl Store {
     }
 
     /// Checks a digest and renews the credential when it is live and holds
-    /// `required_scope` (if given). A refused scope leaves it unrenewed.
+    /// `required_scope` (if given); a refused scope leaves it unrenewed.
+    /// `answer` reads the renewed credential under its shard's read lock, so
+    /// keep it short (copy what the response needs).
+    pub fn resolve_with<T>(
+        &self,
+        digest: &TokenDigest,
+        required_scope: Option<&str>,
+        answer: impl FnOnce(CredentialView<'_>) -> T,
+    ) -> Result<T, Rejection> {
+        let shared = &*self.shared;
+        let now = shared.clock.now();
+        let Some(record) = shared.records.get(digest) else {
+            return Err(shared.rejection(digest));
+        };
+        if let Some(reason) = record.death(now) {
+            return Err(Rejection::Dead(record.dead(reason)));
+        }
+        if let Some(scope) = required_scope {
+            if !record.scopes.iter().any(|held| **held == *scope) {
+                return Err(Rejection::ScopeMissing {
+                    credential_id: record.credential_id,
+                    thread_id: record.thread_id.clone(),
+                    scope: scope.into(),
+                });
+            }
+        }
+        let deadlines = record.renew(now);
+        Ok(answer(CredentialView {
+            credential_id: record.credential_id,
+            thread_id: &record.thread_id,
+            provider_instance_id: &record.instance.id,
+            provider_kind: record.provider_kind.as_deref(),
+            created_at: record.created_at,
+            deadlines,
+            scopes: &record.scopes,
+            labels: &record.labels,
+        }))
+    }
+
+    /// [`Store::resolve_with`], answering with an owned copy.
     pub fn resolve(
         &self,
         digest: &TokenDigest,
         required_scope: Option<&str>,
     ) -> Result<Resolved, Rejection> {
-        let shared = &*self.shared;
-        let now = shared.clock.now();
-        if let Some(record) = shared.records.get(digest) {
-            if let Some(reason) = record.death(now) {
-                return Err(Rejection::Dead(record.dead(reason)));
-            }
-            if let Some(scope) = required_scope {
-                if !record.scopes.iter().any(|held| **held == *scope) {
-                    return Err(Rejection::ScopeMissing {
-                        credential_id: record.credential_id,
-                        thread_id: record.thread_id.clone(),
-                        scope: scope.into(),
-                    });
-                }
-            }
-            let deadlines = record.renew(now);
-            return Ok(Resolved {
-                credential_id: record.credential_id,
-                thread_id: record.thread_id.clone(),
-                provider_instance_id: record.instance.id.clone(),
-                provider_kind: record.provider_kind.clone(),
-                created_at: record.created_at,
-                deadlines,
-                scopes: record.scopes.clone(),
-                labels: record.labels.clone(),
-            });
-        }
-        Err(shared.rejection(digest))
+        #[allow(clippy::redundant_closure)] // the closure is generic over the view's lifetime
+        self.resolve_with(digest, required_scope, |view| Resolved::from(view))
     }
 
     /// Renews one credential, by its handle, exactly as a successful Resolve

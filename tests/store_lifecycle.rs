@@ -325,10 +325,7 @@ fn scopes_are_checked_and_a_refusal_neither_kills_nor_renews() {
         },
     );
     let resolved = store.resolve(&digest, Some("fs.read")).unwrap();
-    assert_eq!(
-        &*resolved.scopes,
-        ["fs.read".into(), "shell.exec".into()] as [Box<str>; 2]
-    );
+    assert_eq!(resolved.scopes, ["fs.read", "shell.exec"]);
     clock.advance(20 * MINUTE);
     match store.resolve(&digest, Some("fs.write")) {
         Err(Rejection::ScopeMissing {
@@ -395,7 +392,7 @@ fn labels_come_back_from_resolve() {
     );
     let resolved = store.resolve(&digest, None).unwrap();
     assert_eq!(resolved.labels.len(), 2);
-    assert_eq!(&*resolved.labels[0].1, "env-7");
+    assert_eq!(resolved.labels[0].1, "env-7");
 }
 
 #[test]
