@@ -425,6 +425,24 @@ impl Record {
         }
     }
 
+    /// One use at `now` (a Resolve, or a Touch when `required_scope` is
+    /// `None`): refused if dead or lacking the scope, else renewed.
+    fn use_at(&self, now: Millis, required_scope: Option<&str>) -> Result<Deadlines, Rejection> {
+        if let Some(reason) = self.death(now) {
+            return Err(Rejection::Dead(self.dead(reason)));
+        }
+        if let Some(scope) = required_scope {
+            if !self.scopes.iter().any(|held| **held == *scope) {
+                return Err(Rejection::ScopeMissing {
+                    credential_id: self.credential_id,
+                    thread_id: self.thread_id.clone(),
+                    scope: scope.into(),
+                });
+            }
+        }
+        Ok(self.renew(now))
+    }
+
     fn dead(&self, reason: DeathReason) -> DeadCredential {
         DeadCredential {
             reason,
@@ -598,11 +616,6 @@ impl Store {
         }
     }
 
-    /// The current time on the store's clock.
-    pub fn now(&self) -> Millis {
-        self.shared.clock.now()
-    }
-
     /// Stores a new credential under `digest` (the digest of a freshly
     /// generated token). With `replace_previous`, the earlier live credentials
     /// of the same thread and provider instance are revoked under the thread's
@@ -702,19 +715,7 @@ impl Store {
         let Some(record) = shared.records.get(digest) else {
             return Err(shared.rejection(digest));
         };
-        if let Some(reason) = record.death(now) {
-            return Err(Rejection::Dead(record.dead(reason)));
-        }
-        if let Some(scope) = required_scope {
-            if !record.scopes.iter().any(|held| **held == *scope) {
-                return Err(Rejection::ScopeMissing {
-                    credential_id: record.credential_id,
-                    thread_id: record.thread_id.clone(),
-                    scope: scope.into(),
-                });
-            }
-        }
-        let deadlines = record.renew(now);
+        let deadlines = record.use_at(now, required_scope)?;
         Ok(answer(CredentialView {
             credential_id: record.credential_id,
             thread_id: &record.thread_id,
@@ -912,16 +913,13 @@ impl Shared {
 
     /// Renews the credential under `digest` as a successful Resolve would.
     fn touch(&self, digest: &TokenDigest, now: Millis) -> Result<Touched, Rejection> {
-        if let Some(record) = self.records.get(digest) {
-            if let Some(reason) = record.death(now) {
-                return Err(Rejection::Dead(record.dead(reason)));
-            }
-            return Ok(Touched {
-                credential_id: record.credential_id,
-                deadlines: record.renew(now),
-            });
-        }
-        Err(self.rejection(digest))
+        let Some(record) = self.records.get(digest) else {
+            return Err(self.rejection(digest));
+        };
+        Ok(Touched {
+            credential_id: record.credential_id,
+            deadlines: record.use_at(now, None)?,
+        })
     }
 
     /// Removes the record under `digest` if it is dead, or if `revoke` is
