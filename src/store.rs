@@ -487,15 +487,10 @@ impl Ord for Deadline {
 
 /// Dead credentials remembered for a while, so failures stay precise.
 struct Tombstones {
-    by_digest: DigestMap<Tombstone>,
+    by_digest: DigestMap<DeadCredential>,
     /// Insertion order, for eviction by age and count. Each digest appears
     /// once: a digest is only queued when it was newly inserted above.
     order: Mutex<VecDeque<(Millis, TokenDigest)>>,
-}
-
-#[derive(Clone)]
-struct Tombstone {
-    dead: DeadCredential,
 }
 
 impl Tombstones {
@@ -516,7 +511,7 @@ impl Tombstones {
         match self.by_digest.entry(digest) {
             Entry::Occupied(_) => return,
             Entry::Vacant(vacant) => {
-                vacant.insert(Tombstone { dead });
+                vacant.insert(dead);
             }
         }
         let mut order = self.order.lock();
@@ -542,12 +537,12 @@ impl Tombstones {
 
     fn forget(&self, digest: &TokenDigest, credentials: &DashMap<CredentialId, TokenDigest>) {
         if let Some((_, tombstone)) = self.by_digest.remove(digest) {
-            credentials.remove(&tombstone.dead.credential_id);
+            credentials.remove(&tombstone.credential_id);
         }
     }
 
     fn get(&self, digest: &TokenDigest) -> Option<DeadCredential> {
-        self.by_digest.get(digest).map(|t| t.dead.clone())
+        self.by_digest.get(digest).map(|dead| dead.clone())
     }
 }
 
