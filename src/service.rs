@@ -88,9 +88,7 @@ impl Call {
             Err(failure) => failure.credential_id(),
             Ok(_) => None,
         });
-        let credential = tracing::field::display(
-            credential_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
-        );
+        let credential = tracing::field::display(LoggedId(credential_id));
         match outcome {
             Ok(response) => {
                 tracing::info!(
@@ -115,6 +113,19 @@ impl Call {
                 );
                 Err(failure.into_status(self.request_id()))
             }
+        }
+    }
+}
+
+/// A credential id in a log line, `-` when there is none; formatted in
+/// place, without a String per call.
+struct LoggedId(Option<CredentialId>);
+
+impl std::fmt::Display for LoggedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(id) => id.fmt(f),
+            None => f.write_str("-"),
         }
     }
 }

@@ -28,10 +28,12 @@
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use nohash_hasher::BuildNoHashHasher;
@@ -45,6 +47,11 @@ use crate::token::{CredentialId, TokenDigest};
 /// mass expiry never holds the queue (and so Mint) for long and the sweeper
 /// yields to RPC work between batches.
 const SWEEP_BATCH: usize = 1024;
+
+/// Shards of the record map. Resolve takes one shard's read lock, whose
+/// counter is a cache line written by every reader of that shard: with many
+/// shards, two cores rarely write the same one.
+const RECORD_SHARDS: usize = 256;
 
 /// The longest the sweeper sleeps without re-checking, as a safety net against
 /// a missed wake-up.
@@ -297,6 +304,8 @@ struct Shared {
     threads: DashMap<Arc<str>, Vec<TokenDigest>>,
     /// Provider instance id -> its generation and live count, for RevokeAll.
     instances: DashMap<Arc<str>, Arc<Instance>>,
+    /// The interned classes records point to.
+    classes: DashMap<Arc<Class>, ()>,
     /// Credential id -> digest, for the owner's calls by id. An entry lives
     /// as long as the record or its tombstone, so a dead credential's reason
     /// stays known by id too.
@@ -329,8 +338,11 @@ struct Limits {
 /// the current generation it has (what RevokeAll reports as revoked).
 struct Instance {
     id: Arc<str>,
+    /// Read by every Resolve; written only by RevokeAll.
     generation: AtomicU64,
-    live: AtomicU64,
+    /// Written by every Mint and removal: kept off the generation's cache
+    /// line so those writes do not slow Resolve down on other cores.
+    live: CachePadded<AtomicU64>,
     /// `causes[g]` is the revocation that ended generation `g`, so a record
     /// reports the first revocation that hit it. Read only on failures.
     causes: Mutex<Vec<RevocationCause>>,
@@ -356,37 +368,85 @@ impl Instance {
     }
 }
 
-/// A credential. Everything but the two renewal atomics is fixed at mint.
-struct Record {
-    credential_id: CredentialId,
-    thread_id: Arc<str>,
+/// What many credentials have in common: the provider instance, kind,
+/// scopes, labels and lifetimes they were minted with. Interned, so each
+/// record holds one pointer instead of its own copies, and Resolve reads it
+/// from a cache line that stays hot.
+struct Class {
     instance: Arc<Instance>,
-    provider_kind: Option<Arc<str>>,
+    provider_kind: Option<Box<str>>,
     scopes: Scopes,
     labels: Labels,
-    instance_generation: u64,
-    created_at: Millis,
     idle_timeout: Millis,
     max_lifetime: Millis,
     /// `Millis::MAX` when the store has no absolute lifetime.
-    absolute_deadline: Millis,
+    absolute_lifetime: Millis,
+}
+
+impl PartialEq for Class {
+    fn eq(&self, other: &Self) -> bool {
+        self.instance.id == other.instance.id
+            && self.provider_kind == other.provider_kind
+            && self.scopes == other.scopes
+            && self.labels == other.labels
+            && self.idle_timeout == other.idle_timeout
+            && self.max_lifetime == other.max_lifetime
+            && self.absolute_lifetime == other.absolute_lifetime
+    }
+}
+
+impl Eq for Class {}
+
+impl Hash for Class {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.instance.id.hash(state);
+        self.provider_kind.hash(state);
+        self.scopes.hash(state);
+        self.labels.hash(state);
+        self.idle_timeout.hash(state);
+        self.max_lifetime.hash(state);
+    }
+}
+
+/// A credential. Everything but `last_used` is fixed at mint.
+///
+/// Both deadlines follow from the latest use: `expires_at` is
+/// `max(expires_at, now + max_lifetime)` after every use, which is
+/// `last_used + max_lifetime` since `last_used` only grows (mint counts as
+/// the first use). So a renewal writes one atomic, and only when the
+/// millisecond changed.
+struct Record {
+    credential_id: CredentialId,
+    thread_id: Arc<str>,
+    class: Arc<Class>,
+    instance_generation: u64,
+    created_at: Millis,
     last_used: AtomicU64,
-    expires_at: AtomicU64,
 }
 
 impl Record {
+    /// The deadlines that follow from a latest use at `last_used`.
+    fn deadlines_after(&self, last_used: Millis) -> Deadlines {
+        let class = &*self.class;
+        let expires_at = last_used
+            .saturating_add(class.max_lifetime)
+            .min(self.created_at.saturating_add(class.absolute_lifetime));
+        Deadlines {
+            expires_at,
+            idle_expires_at: last_used.saturating_add(class.idle_timeout).min(expires_at),
+        }
+    }
+
     /// Why this record is dead at `now`, if it is. The first deadline that
     /// passed names the reason.
     fn death(&self, now: Millis) -> Option<DeathReason> {
         if !self.counted() {
-            let cause = self.instance.cause_of(self.instance_generation);
+            let cause = self.class.instance.cause_of(self.instance_generation);
             return Some(DeathReason::Revoked(cause));
         }
-        let idle_deadline = self
-            .last_used
-            .load(Ordering::Acquire)
-            .saturating_add(self.idle_timeout);
-        let expires_at = self.expires_at.load(Ordering::Acquire);
+        let last_used = self.last_used.load(Ordering::Acquire);
+        let expires_at = self.deadlines_after(last_used).expires_at;
+        let idle_deadline = last_used.saturating_add(self.class.idle_timeout);
         if now < idle_deadline.min(expires_at) {
             None
         } else if idle_deadline < expires_at {
@@ -396,33 +456,24 @@ impl Record {
         }
     }
 
-    /// The earliest instant at which the record could die, as of now.
+    /// The deadlines as of the latest use.
     fn deadlines(&self) -> Deadlines {
-        let expires_at = self.expires_at.load(Ordering::Acquire);
-        let idle_deadline = self
-            .last_used
-            .load(Ordering::Acquire)
-            .saturating_add(self.idle_timeout);
-        Deadlines {
-            expires_at,
-            idle_expires_at: idle_deadline.min(expires_at),
-        }
+        self.deadlines_after(self.last_used.load(Ordering::Acquire))
     }
 
     /// Sliding renewal on use: the idle clock restarts and `expires_at` moves
     /// to `max(expires_at, now + max_lifetime)`, never past the absolute
-    /// deadline and never backwards.
+    /// deadline and never backwards. A use in the same millisecond as the
+    /// latest one writes nothing, so a hot credential's cache line is not
+    /// bounced between cores by every call.
     fn renew(&self, now: Millis) -> Deadlines {
-        self.last_used.fetch_max(now, Ordering::AcqRel);
-        let slid = now
-            .saturating_add(self.max_lifetime)
-            .min(self.absolute_deadline);
-        let previous = self.expires_at.fetch_max(slid, Ordering::AcqRel);
-        let expires_at = previous.max(slid);
-        Deadlines {
-            expires_at,
-            idle_expires_at: now.saturating_add(self.idle_timeout).min(expires_at),
-        }
+        let previous = self.last_used.load(Ordering::Acquire);
+        let latest = if now > previous {
+            self.last_used.fetch_max(now, Ordering::AcqRel).max(now)
+        } else {
+            previous
+        };
+        self.deadlines_after(latest)
     }
 
     /// One use at `now` (a Resolve, or a Touch when `required_scope` is
@@ -432,7 +483,7 @@ impl Record {
             return Err(Rejection::Dead(self.dead(reason)));
         }
         if let Some(scope) = required_scope {
-            if !self.scopes.iter().any(|held| **held == *scope) {
+            if !self.class.scopes.iter().any(|held| **held == *scope) {
                 return Err(Rejection::ScopeMissing {
                     credential_id: self.credential_id,
                     thread_id: self.thread_id.clone(),
@@ -454,7 +505,7 @@ impl Record {
     /// Whether the record belongs to its instance's current generation: not
     /// revoked by RevokeAll, and included in the instance's live count.
     fn counted(&self) -> bool {
-        self.instance.generation.load(Ordering::Acquire) == self.instance_generation
+        self.class.instance.generation.load(Ordering::Acquire) == self.instance_generation
     }
 }
 
@@ -584,9 +635,13 @@ impl Store {
             shared: Arc::new(Shared {
                 clock,
                 limits,
-                records: DashMap::with_hasher(BuildNoHashHasher::default()),
+                records: DashMap::with_hasher_and_shard_amount(
+                    BuildNoHashHasher::default(),
+                    RECORD_SHARDS,
+                ),
                 threads: DashMap::new(),
                 instances: DashMap::new(),
+                classes: DashMap::new(),
                 credentials: DashMap::new(),
                 generation_lock: RwLock::new(()),
                 deadlines: Mutex::new(BinaryHeap::new()),
@@ -620,13 +675,16 @@ impl Store {
         let shared = &*self.shared;
         let limits = &shared.limits;
         let now = shared.clock.now();
-        let idle_timeout = clamp_override(new.idle_timeout, limits.idle_timeout);
-        let max_lifetime = clamp_override(new.max_lifetime, limits.max_lifetime);
-        let absolute_deadline = limits
-            .absolute_lifetime
-            .map_or(Millis::MAX, |lifetime| now.saturating_add(lifetime));
-        let expires_at = now.saturating_add(max_lifetime).min(absolute_deadline);
-        let instance = shared.instance(new.provider_instance_id);
+        let class = shared.class(Class {
+            instance: shared.instance(new.provider_instance_id),
+            provider_kind: new.provider_kind.map(Box::from),
+            scopes: new.scopes,
+            labels: new.labels,
+            idle_timeout: clamp_override(new.idle_timeout, limits.idle_timeout),
+            max_lifetime: clamp_override(new.max_lifetime, limits.max_lifetime),
+            absolute_lifetime: limits.absolute_lifetime.unwrap_or(Millis::MAX),
+        });
+        let instance = &class.instance;
         let thread_id = shared
             .threads
             .get(new.thread_id)
@@ -640,17 +698,10 @@ impl Store {
         let record = Record {
             credential_id,
             thread_id: thread_id.clone(),
-            instance,
-            provider_kind: new.provider_kind.map(Arc::from),
-            scopes: new.scopes,
-            labels: new.labels,
+            class,
             instance_generation,
             created_at: now,
-            idle_timeout,
-            max_lifetime,
-            absolute_deadline,
             last_used: AtomicU64::new(now),
-            expires_at: AtomicU64::new(expires_at),
         };
         let deadlines = record.deadlines();
         shared.credentials.insert(credential_id, digest);
@@ -661,7 +712,7 @@ impl Store {
                 let same_instance = shared
                     .records
                     .get(earlier)
-                    .is_some_and(|r| *r.instance.id == *new.provider_instance_id);
+                    .is_some_and(|r| *r.class.instance.id == *new.provider_instance_id);
                 if !same_instance {
                     return true;
                 }
@@ -714,12 +765,12 @@ impl Store {
         Ok(answer(CredentialView {
             credential_id: record.credential_id,
             thread_id: &record.thread_id,
-            provider_instance_id: &record.instance.id,
-            provider_kind: record.provider_kind.as_deref(),
+            provider_instance_id: &record.class.instance.id,
+            provider_kind: record.class.provider_kind.as_deref(),
             created_at: record.created_at,
             deadlines,
-            scopes: &record.scopes,
-            labels: &record.labels,
+            scopes: &record.class.scopes,
+            labels: &record.class.labels,
         }))
     }
 
@@ -872,6 +923,18 @@ fn clamp_override(requested: Option<Duration>, limit: Millis) -> Millis {
 }
 
 impl Shared {
+    /// The interned copy of `candidate`, which becomes it if none exists.
+    fn class(&self, candidate: Class) -> Arc<Class> {
+        if let Some(interned) = self.classes.get(&candidate) {
+            return interned.key().clone();
+        }
+        self.classes
+            .entry(Arc::new(candidate))
+            .or_insert(())
+            .key()
+            .clone()
+    }
+
     /// The state of a provider instance, created on first use.
     fn instance(&self, id: &str) -> Arc<Instance> {
         if let Some(instance) = self.instances.get(id) {
@@ -884,7 +947,7 @@ impl Shared {
                 Arc::new(Instance {
                     id,
                     generation: AtomicU64::new(0),
-                    live: AtomicU64::new(0),
+                    live: CachePadded::new(AtomicU64::new(0)),
                     causes: Mutex::new(Vec::new()),
                 })
             })
@@ -963,7 +1026,7 @@ impl Shared {
         {
             let _counting = self.generation_lock.read();
             if record.counted() {
-                record.instance.live.fetch_sub(1, Ordering::AcqRel);
+                record.class.instance.live.fetch_sub(1, Ordering::AcqRel);
             }
         }
         // Without a tombstone (none kept, or pushed out at once) nothing
@@ -985,11 +1048,16 @@ impl Shared {
                     .remove_if(&record.thread_id, |_, digests| digests.is_empty());
             }
         }
-        let instance_id = record.instance.id.clone();
+        let class = record.class.clone();
         drop(record);
-        // Only the map holds the instance now: no record refers to it, so its
-        // generation no longer matters. Mint clones the Arc under the same
-        // shard lock, so it cannot race this check.
+        // Unused classes and instances go: when only the map (and `class`
+        // here) hold one, no record refers to it, so an instance's generation
+        // no longer matters. Mint clones both under the same shard locks, so
+        // it cannot race these checks.
+        self.classes
+            .remove_if(&*class, |interned, _| Arc::strong_count(interned) == 2);
+        let instance_id = class.instance.id.clone();
+        drop(class);
         self.instances
             .remove_if(&instance_id, |_, instance| Arc::strong_count(instance) == 1);
     }

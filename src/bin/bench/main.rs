@@ -1,0 +1,116 @@
+//! The benchmark suite: one command measures the store in-process, the
+//! shipped server over gRPC under `h2load`, and Redis used directly under
+//! `redis-benchmark`, prints one table and writes the figures as JSON.
+//!
+//! Every comparison the targets name is measured in the same run, so the
+//! ratios hold under the same machine noise. `--smoke` runs tiny sizes in
+//! seconds (CI runs it so the suite keeps working; it never fails on a
+//! timing).
+
+mod network_bench;
+mod report;
+mod store_bench;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::report::Report;
+use crate::store_bench::StorePlan;
+
+/// Benchmarks of the credential authority.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Tiny sizes and short rounds: checks that the suite runs.
+    #[arg(long)]
+    smoke: bool,
+    /// Live-credential counts for the store figures.
+    #[arg(long, value_delimiter = ',', default_value = "1000,1000000,10000000")]
+    sizes: Vec<usize>,
+    /// Calls per store Resolve/Touch measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    ops: usize,
+    /// Credentials minted per store Mint measurement.
+    #[arg(long, default_value_t = 200_000)]
+    batch: usize,
+    /// Rounds per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Credentials expiring at once in the sweeper measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    expiring: usize,
+    /// Requests per h2load and redis-benchmark round.
+    #[arg(long, default_value_t = 300_000)]
+    requests: usize,
+    /// HTTP/2 connections of the gRPC load (redis-benchmark uses
+    /// connections x streams clients, the same number in flight).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Concurrent streams per connection of the gRPC load.
+    #[arg(long, default_value_t = 32)]
+    streams: usize,
+    /// Skip the store figures.
+    #[arg(long)]
+    no_store: bool,
+    /// Skip the gRPC and Redis figures.
+    #[arg(long)]
+    no_network: bool,
+    /// The server binary; defaults to `credential-authority` next to this one.
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "target/bench.json")]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.sizes = vec![1_000, 20_000];
+        args.ops = 20_000;
+        args.batch = 2_000;
+        args.rounds = 1;
+        args.expiring = 20_000;
+        args.requests = 2_000;
+        args.connections = 2;
+        args.streams = 4;
+    }
+    let mut report = Report {
+        machine: network_bench::machine(),
+        ..Report::default()
+    };
+    if !args.no_store {
+        let plan = StorePlan {
+            ops: args.ops,
+            batch: args.batch,
+            rounds: args.rounds,
+        };
+        for &size in &args.sizes {
+            store_bench::run_size(plan, size, &mut report);
+        }
+        if args.expiring > 0 {
+            store_bench::expiry_storm(args.expiring, args.ops, &mut report);
+        }
+        store_bench::store_checks(&mut report, &args.sizes);
+    }
+    if !args.no_network {
+        let server = match &args.server {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("credential-authority"),
+        };
+        let load = network_bench::Load {
+            requests: args.requests,
+            connections: args.connections,
+            streams: args.streams,
+            rounds: args.rounds,
+        };
+        network_bench::run(&server, load, &mut report)?;
+    }
+    print!("{}", report.markdown());
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, report.json())?;
+    eprintln!("# figures written to {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,501 @@
+//! Over-the-network figures: the shipped server binary under `h2load` (a
+//! second process, loopback only), Resolve and Mint alternating with
+//! `grpc.health.v1.Health/Check` on the same server as the ceiling of our own
+//! stack; and Redis used directly as the token store, `GETEX key EX 1800`
+//! from `redis-benchmark` with as many requests in flight.
+//!
+//! h2load does not read `grpc-status`, so the measured calls are verified
+//! apart: the server's log line per RPC must show no failure, and the
+//! benchmark's credential must still resolve afterwards.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use credential_authority::pb::credential_authority_client::CredentialAuthorityClient;
+use credential_authority::pb::{MintRequest, ResolveRequest};
+use prost::Message as _;
+
+use crate::report::{median, percentile, Figure, Report};
+
+/// The shape of the offered load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    /// Requests per round.
+    pub(crate) requests: usize,
+    /// HTTP/2 connections.
+    pub(crate) connections: usize,
+    /// Streams per connection.
+    pub(crate) streams: usize,
+    /// Rounds; the median round is reported.
+    pub(crate) rounds: usize,
+}
+
+impl Load {
+    fn in_flight(&self) -> usize {
+        self.connections * self.streams
+    }
+}
+
+/// The CPU, cores and memory of this machine, for the report.
+pub(crate) fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+/// A child process stopped when dropped, so a failed run leaves nothing
+/// behind: SIGTERM first (the server then drains and writes its last log
+/// lines), SIGKILL if it has not exited within a few seconds.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: plain kill(2) on our own child's pid, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One h2load or redis-benchmark round.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs the gRPC and Redis figures.
+pub(crate) fn run(server_bin: &Path, load: Load, report: &mut Report) -> anyhow::Result<()> {
+    for tool in ["h2load", "redis-server", "redis-benchmark", "redis-cli"] {
+        which(tool).with_context(|| {
+            format!("`{tool}` is not installed (Debian: apt-get install nghttp2-client redis-server redis-tools)")
+        })?;
+    }
+    let work = std::env::temp_dir().join(format!("ca-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(server_bin, load, report, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> anyhow::Result<()> {
+    let log_path = work.join("server.log");
+    let (server, addr) = start_server(server_bin, &log_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("http://{addr}");
+    let token = runtime.block_on(async {
+        let mut client = CredentialAuthorityClient::connect(url.clone()).await?;
+        let minted = client
+            .mint(MintRequest {
+                thread_id: "bench-thread-0000-4000-8000-000000000000".into(),
+                provider_instance_id: "bench-adapter".into(),
+                provider_kind: "claude".into(),
+                ..MintRequest::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(minted.token)
+    })?;
+
+    let frames = [
+        (
+            "Health/Check",
+            "/grpc.health.v1.Health/Check",
+            grpc_frame(&[]),
+        ),
+        (
+            "Resolve",
+            "/credential_authority.v1.CredentialAuthority/Resolve",
+            grpc_frame(
+                &ResolveRequest {
+                    token: token.clone(),
+                    ..ResolveRequest::default()
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        (
+            "Mint",
+            "/credential_authority.v1.CredentialAuthority/Mint",
+            grpc_frame(
+                &MintRequest {
+                    thread_id: "bench-mint-0000-4000-8000-000000000000".into(),
+                    provider_instance_id: "bench-adapter".into(),
+                    provider_kind: "claude".into(),
+                    ..MintRequest::default()
+                }
+                .encode_to_vec(),
+            ),
+        ),
+    ];
+    let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
+    // Rounds alternate between the calls, so drift hits them alike.
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); frames.len()];
+    for round in 0..load.rounds.max(1) {
+        for (i, (name, path, frame)) in frames.iter().enumerate() {
+            let frame_path = work.join(format!("frame-{i}.bin"));
+            std::fs::write(&frame_path, frame)?;
+            eprintln!("# gRPC {name}, round {}", round + 1);
+            rounds[i].push(h2load(&addr, path, &frame_path, load, work)?);
+        }
+    }
+    for (i, (name, _, _)) in frames.iter().enumerate() {
+        report
+            .figures
+            .push(median_figure(&scope, name, load.in_flight(), &rounds[i]));
+    }
+
+    // h2load cannot read grpc-status: prove the calls succeeded apart.
+    let still_resolves = runtime.block_on(async {
+        let mut client = CredentialAuthorityClient::connect(url.clone()).await?;
+        anyhow::Ok(
+            client
+                .resolve(ResolveRequest {
+                    token: token.clone(),
+                    ..ResolveRequest::default()
+                })
+                .await
+                .is_ok(),
+        )
+    })?;
+    drop(server);
+    let log = std::fs::read_to_string(&log_path)?;
+    let calls = |method: &str, ok: bool| {
+        log.lines()
+            .filter(|l| l.contains(&format!("method={method} ")))
+            .filter(|l| l.contains("outcome=OK") == ok)
+            .count()
+    };
+    let sent = load.requests * load.rounds.max(1);
+    let (resolved_ok, resolve_failed) = (calls("Resolve", true), calls("Resolve", false));
+    let (minted_ok, mint_failed) = (calls("Mint", true), calls("Mint", false));
+    eprintln!(
+        "# verified: Resolve {resolved_ok} OK / {resolve_failed} failed, Mint {minted_ok} OK / {mint_failed} failed (of {sent} each sent; lines the non-blocking log writer dropped under load are not counted)"
+    );
+    report.check(
+        "every measured gRPC call succeeded (server log lines, token resolves after)",
+        format!(
+            "Resolve {resolved_ok} OK / {resolve_failed} failed, Mint {minted_ok} OK / {mint_failed} failed of {sent} sent each; token still resolves: {still_resolves}"
+        ),
+        still_resolves && resolve_failed == 0 && mint_failed == 0 && resolved_ok > 0 && minted_ok > 0,
+    );
+
+    let redis = redis_rounds(load, work)?;
+    report.figures.push(median_figure(
+        &format!("Redis direct, redis-benchmark {} clients", load.in_flight()),
+        "GETEX key EX 1800",
+        load.in_flight(),
+        &redis,
+    ));
+    network_checks(report, &scope, load);
+    Ok(())
+}
+
+/// Targets comparing the network figures of this run.
+fn network_checks(report: &mut Report, scope: &str, load: Load) {
+    let redis_scope = format!("Redis direct, redis-benchmark {} clients", load.in_flight());
+    let (Some(resolve), Some(health), Some(redis)) = (
+        report.find(scope, "Resolve", load.in_flight()).cloned(),
+        report
+            .find(scope, "Health/Check", load.in_flight())
+            .cloned(),
+        report
+            .find(&redis_scope, "GETEX key EX 1800", load.in_flight())
+            .cloned(),
+    ) else {
+        return;
+    };
+    let p99 = |f: &Figure| f.p99_us.unwrap_or(f64::INFINITY);
+    report.check(
+        "gRPC Resolve throughput >= 0.95x Health/Check",
+        format!(
+            "{:.2}x ({:.0}/s vs {:.0}/s)",
+            resolve.ops_per_sec / health.ops_per_sec,
+            resolve.ops_per_sec,
+            health.ops_per_sec
+        ),
+        resolve.ops_per_sec >= 0.95 * health.ops_per_sec,
+    );
+    report.check(
+        "gRPC Resolve p99 <= 1.2x Health/Check p99",
+        format!(
+            "{:.2}x ({:.0} µs vs {:.0} µs)",
+            p99(&resolve) / p99(&health),
+            p99(&resolve),
+            p99(&health)
+        ),
+        p99(&resolve) <= 1.2 * p99(&health),
+    );
+    report.check(
+        "gRPC Resolve throughput >= 2x Redis GETEX at the same concurrency",
+        format!(
+            "{:.2}x ({:.0}/s vs {:.0}/s)",
+            resolve.ops_per_sec / redis.ops_per_sec,
+            resolve.ops_per_sec,
+            redis.ops_per_sec
+        ),
+        resolve.ops_per_sec >= 2.0 * redis.ops_per_sec,
+    );
+    report.check(
+        "gRPC Resolve p99 no worse than Redis GETEX p99",
+        format!("{:.0} µs vs {:.0} µs", p99(&resolve), p99(&redis)),
+        p99(&resolve) <= p99(&redis),
+    );
+}
+
+/// The round with the median throughput, as a figure.
+fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) -> Figure {
+    let ops = median(rounds.len(), {
+        let mut it = rounds.iter();
+        move || it.next().map_or(0.0, |r| r.ops_per_sec)
+    });
+    let chosen = rounds
+        .iter()
+        .find(|r| r.ops_per_sec == ops)
+        .copied()
+        .unwrap_or(rounds[0]);
+    Figure {
+        scope: scope.to_owned(),
+        what: what.to_owned(),
+        parallelism: in_flight,
+        ops_per_sec: chosen.ops_per_sec,
+        p50_us: Some(chosen.p50_us),
+        p99_us: Some(chosen.p99_us),
+    }
+}
+
+/// Starts the release server on an ephemeral loopback port, logging (as
+/// shipped, one line per RPC) to `log_path`.
+fn start_server(bin: &Path, log_path: &Path) -> anyhow::Result<(Reaped, SocketAddr)> {
+    let log = std::fs::File::create(log_path)?;
+    let child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "2s"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it: cargo build --release --bins)",
+                bin.display()
+            )
+        })?;
+    let mut child = Reaped(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+        {
+            return Ok((child, addr));
+        }
+        if let Some(status) = child.0.try_wait()? {
+            bail!("server exited with {status}:\n{text}");
+        }
+        if Instant::now() > deadline {
+            bail!("server did not report its address:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A gRPC length-prefixed message frame (uncompressed).
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// One h2load round against `path`; latencies from its per-request log.
+fn h2load(
+    addr: &SocketAddr,
+    path: &str,
+    frame: &Path,
+    load: Load,
+    work: &Path,
+) -> anyhow::Result<Round> {
+    let log = work.join("h2load-requests.tsv");
+    let output = Command::new("h2load")
+        .args([
+            "-n",
+            &load.requests.to_string(),
+            "-c",
+            &load.connections.to_string(),
+            "-m",
+            &load.streams.to_string(),
+            "--header=content-type: application/grpc",
+            "--header=te: trailers",
+            "-d",
+        ])
+        .arg(frame)
+        .arg("--log-file")
+        .arg(&log)
+        .arg(format!("http://{addr}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("run h2load")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "h2load failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let ops_per_sec = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .with_context(|| format!("h2load printed no throughput:\n{text}"))?;
+    let succeeded = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with("succeeded")))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if succeeded != load.requests {
+        bail!(
+            "h2load: only {succeeded} of {} requests got an HTTP 200:\n{text}",
+            load.requests
+        );
+    }
+    let mut latencies: Vec<f64> = std::fs::read_to_string(&log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
+        .collect();
+    Ok(Round {
+        ops_per_sec,
+        p50_us: percentile(&mut latencies, 50.0),
+        p99_us: percentile(&mut latencies, 99.0),
+    })
+}
+
+/// Rounds of `GETEX key EX 1800` against a fresh loopback redis-server.
+fn redis_rounds(load: Load, work: &Path) -> anyhow::Result<Vec<Round>> {
+    let port = StdListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
+    let _redis = Reaped(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server")?,
+    );
+    // What a user would keep: the token's digest -> the credential's facts.
+    let key = "cred:6b2c1f0a4e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b";
+    let value = r#"{"credential_id":"cred_0123456789abcdef0123456789abcdef","thread_id":"bench-thread-0000-4000-8000-000000000000","provider_instance_id":"bench-adapter","provider_kind":"claude"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_cli(&port, &["SET", key, value, "EX", "1800"])? != "OK" {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut rounds = Vec::new();
+    for round in 0..load.rounds.max(1) {
+        eprintln!("# Redis GETEX, round {}", round + 1);
+        let output = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(["-c", &load.in_flight().to_string()])
+            .args(["-n", &load.requests.to_string()])
+            .args(["--csv", "GETEX", key, "EX", "1800"])
+            .stdin(Stdio::null())
+            .output()
+            .context("run redis-benchmark")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        let fields: Vec<f64> = text
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split(',')
+            .skip(1)
+            .filter_map(|f| f.trim_matches('"').parse().ok())
+            .collect();
+        if !output.status.success() || fields.len() < 6 {
+            bail!(
+                "redis-benchmark failed: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        rounds.push(Round {
+            ops_per_sec: fields[0],
+            p50_us: fields[3] * 1e3,
+            p99_us: fields[5] * 1e3,
+        });
+    }
+    // The measured GETEXs found the key (a miss would be just as fast).
+    if redis_cli(&port, &["GETEX", key, "EX", "1800"])? != value {
+        bail!("redis lost the key during the benchmark");
+    }
+    Ok(rounds)
+}
+
+fn redis_cli(port: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", port])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run redis-cli")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The path of `tool` on `PATH`.
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(tool))
+        .find(|p| p.is_file())
+}
