@@ -992,6 +992,9 @@ impl Shared {
         revoke: Option<RevocationCause>,
     ) -> (Retired, Option<Record>) {
         let mut outcome = Retired::Absent;
+        // Removal and the live count change together with respect to
+        // RevokeAll, so a credential is counted by exactly one revocation.
+        let _counting = self.generation_lock.read();
         let removed = self.records.remove_if(digest, |_, record| {
             let (reason, was_live) = match (record.death(now), revoke) {
                 (Some(reason), _) => (reason, false),
@@ -1013,6 +1016,9 @@ impl Shared {
             } else {
                 Retired::RemovedDead
             };
+            if record.counted() {
+                record.class.instance.live.fetch_sub(1, Ordering::AcqRel);
+            }
             true
         });
         (outcome, removed.map(|(_, record)| record))
@@ -1023,12 +1029,6 @@ impl Shared {
     /// false when the caller already took the digest out of the thread index
     /// (and may hold that index's lock).
     fn forget(&self, digest: &TokenDigest, record: Record, unindex_thread: bool) {
-        {
-            let _counting = self.generation_lock.read();
-            if record.counted() {
-                record.class.instance.live.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
         // Without a tombstone (none kept, or pushed out at once) nothing
         // needs the id any more; otherwise the tombstone's eviction drops it.
         if !self.tombstones.by_digest.contains_key(digest) {
