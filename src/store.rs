@@ -3,39 +3,51 @@
 //! Shaped after mini-redis's `Db`: [`Store`] is a cheap-to-clone handle over
 //! `Arc<Shared>`, and a background sweeper (started by [`Store::spawn_sweeper`]
 //! and stopped when its [`SweeperGuard`] drops) removes dead credentials.
-//! Unlike mini-redis, no expiry index is touched on the hot path:
+//! Unlike mini-redis, no expiry index is touched on the hot path, and the
+//! layout is built for Resolve at millions of credentials:
 //!
-//! - Records live in a sharded map keyed by the token's digest. Resolve takes
-//!   one shard's read lock and renews the record with atomics; it never takes a
-//!   lock shared by all credentials.
+//! - Records live in [`SHARDS`] shards chosen by a digest byte. A shard keeps
+//!   its records densely in a slab and finds them through two compact hash
+//!   tables of slot numbers (by digest, by credential id), so a record costs
+//!   its own bytes plus about ten bytes of index instead of a hash-map slot
+//!   sized for the record with half of the slots empty. Resolve takes one
+//!   shard's read lock and renews the record with one atomic; it never takes
+//!   a lock shared by all credentials. Credential ids carry their shard in
+//!   their last byte, so a lookup by id goes straight to it too.
 //! - Revoke-all is a generation bump: a record minted at generation `g` of its
 //!   provider instance is dead once the instance's generation is above `g`.
 //!   Revoking everything bumps every provider instance (adapters, a handful),
 //!   so neither costs time per credential; the sweeper removes such records
 //!   lazily, when their queued deadline falls due.
-//! - The sweeper's deadline queue is written by Mint and the sweeper only. A
-//!   renewal does not move the queued entry: when an entry falls due, the
-//!   sweeper re-reads the record and re-queues it if its deadline slid. So the
-//!   sweeper's cost grows with what falls due, not with what is live.
+//! - Each shard queues its records' deadlines; Mint pushes under the shard
+//!   lock it holds anyway, and a renewal does not move the entry: when it
+//!   falls due, the sweeper re-reads the record and re-queues it if its
+//!   deadline slid. So the sweeper's cost grows with what falls due, not with
+//!   what is live, and Resolve never touches a queue.
+//! - A thread's credentials form a list through the records (newest first),
+//!   headed by an entry in a thread shard. Every insertion and removal of a
+//!   record happens under its thread shard's lock, taken before any record
+//!   shard lock, and never with two record shard locks held: that order is
+//!   what keeps the lists and the shards in step without deadlock.
 //! - A dead credential leaves a tombstone (bounded by age and count) so that
 //!   Resolve can say `TOKEN_REVOKED` or `TOKEN_EXPIRED` rather than
-//!   `TOKEN_UNKNOWN`.
-//! - Two small indexes serve the owner's calls: thread id -> digests
-//!   (RevokeThread, Touch by thread, rotation) and credential id -> digest
-//!   (RevokeCredential, Touch by id). Resolve touches neither.
+//!   `TOKEN_UNKNOWN`; it is written before the record goes, under the same
+//!   shard lock, so a miss always finds it.
 //!
 //! The store never sees a token: it is keyed by [`TokenDigest`].
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use hashbrown::HashTable;
 use nohash_hasher::BuildNoHashHasher;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
@@ -43,15 +55,17 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, Millis};
 use crate::token::{CredentialId, TokenDigest};
 
-/// How many due deadlines the sweeper handles per lock of the queue, so that a
-/// mass expiry never holds the queue (and so Mint) for long and the sweeper
+/// Record shards and thread shards. A shard's lock word is a cache line
+/// written by every reader of that shard: enough shards that two cores
+/// rarely write the same one, few enough that the lock words stay cached
+/// (16, 64 and 256 measured alike within noise on 2 cores). At most 256:
+/// a credential id routes to its shard with one byte.
+const SHARDS: usize = 64;
+
+/// How many due deadlines the sweeper handles per batch, so that a mass
+/// expiry never holds a shard (and so Resolve) for long and the sweeper
 /// yields to RPC work between batches.
 const SWEEP_BATCH: usize = 1024;
-
-/// Shards of the record map. Resolve takes one shard's read lock, whose
-/// counter is a cache line written by every reader of that shard: with many
-/// shards, two cores rarely write the same one.
-const RECORD_SHARDS: usize = 256;
 
 /// The longest the sweeper sleeps without re-checking, as a safety net against
 /// a missed wake-up.
@@ -298,25 +312,27 @@ pub struct SweeperGuard {
 struct Shared {
     clock: Arc<dyn Clock>,
     limits: Limits,
-    records: DigestMap<Record>,
-    /// Thread id -> digests of its credentials, for RevokeThread. Its key is
-    /// shared with the records (`Record::thread_id`), so the id is stored once.
-    threads: DashMap<Arc<str>, Vec<TokenDigest>>,
+    /// The records, by a digest byte (see [`shard_of_digest`]).
+    records: Box<[CachePadded<RwLock<RecordShard>>]>,
+    /// The heads of the threads' credential lists, by thread-id hash.
+    threads: Box<[CachePadded<RwLock<ThreadShard>>]>,
+    /// Keys the thread-id hash: thread ids come from callers.
+    thread_hasher: RandomState,
     /// Provider instance id -> its generation and live count, for RevokeAll.
     instances: DashMap<Arc<str>, Arc<Instance>>,
     /// The interned classes records point to.
     classes: DashMap<Arc<Class>, ()>,
-    /// Credential id -> digest, for the owner's calls by id. An entry lives
-    /// as long as the record or its tombstone, so a dead credential's reason
-    /// stays known by id too.
-    credentials: DashMap<CredentialId, TokenDigest>,
+    /// Credential id -> digest of the credentials that have a tombstone, so
+    /// the owner's calls by id report a dead credential's reason. Entries go
+    /// with their tombstone.
+    dead_ids: DashMap<CredentialId, TokenDigest>,
     /// Makes "read the generations and count the credential" (Mint, removal)
     /// atomic with respect to "bump a generation and take the count"
     /// (RevokeAll). Never taken by Resolve, which reads the generations alone.
     generation_lock: RwLock<()>,
-    /// Min-heap of (deadline, digest); entries may be stale (see module docs).
-    deadlines: Mutex<BinaryHeap<Reverse<Deadline>>>,
     tombstones: Tombstones,
+    /// Where the next sweep batch starts, so every shard gets its turn.
+    sweep_cursor: AtomicUsize,
     /// When the sweeper will next wake on its own; Mint wakes it earlier only
     /// when it queues an earlier deadline.
     sweeper_wakes_at: AtomicU64,
@@ -416,12 +432,16 @@ impl Hash for Class {
 /// the first use). So a renewal writes one atomic, and only when the
 /// millisecond changed.
 struct Record {
+    digest: TokenDigest,
     credential_id: CredentialId,
-    thread_id: Arc<str>,
+    thread_id: Box<str>,
     class: Arc<Class>,
     instance_generation: u64,
     created_at: Millis,
     last_used: AtomicU64,
+    /// The thread's next older credential ([`Handle::NONE`] for none).
+    /// Changed only under the thread's shard lock.
+    older: AtomicU64,
 }
 
 impl Record {
@@ -486,7 +506,7 @@ impl Record {
             if !self.class.scopes.iter().any(|held| **held == *scope) {
                 return Err(Rejection::ScopeMissing {
                     credential_id: self.credential_id,
-                    thread_id: self.thread_id.clone(),
+                    thread_id: Arc::from(&*self.thread_id),
                     scope: scope.into(),
                 });
             }
@@ -498,7 +518,7 @@ impl Record {
         DeadCredential {
             reason,
             credential_id: self.credential_id,
-            thread_id: self.thread_id.clone(),
+            thread_id: Arc::from(&*self.thread_id),
         }
     }
 
@@ -509,11 +529,312 @@ impl Record {
     }
 }
 
+/// Where a record lives: its shard, its slot and the slot's version, packed
+/// in 64 bits. The version changes when the slot is freed, so a handle left
+/// in a deadline queue never reaches the slot's next occupant. Never zero
+/// (versions start at 1), so zero can mean "none" in a list link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle(u64);
+
+impl Handle {
+    /// The end of a thread's list.
+    const NONE: Handle = Handle(0);
+    /// Slots per shard that a handle can address.
+    const MAX_SLOTS: usize = (1 << 24) - 1;
+
+    fn new(shard: usize, slot: u32, version: u32) -> Self {
+        Handle(((shard as u64) << 56) | (u64::from(slot) << 32) | u64::from(version))
+    }
+
+    fn shard(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    fn slot(self) -> u32 {
+        ((self.0 >> 32) & 0x00FF_FFFF) as u32
+    }
+
+    fn version(self) -> u32 {
+        self.0 as u32
+    }
+
+    fn is_none(self) -> bool {
+        self == Handle::NONE
+    }
+}
+
+/// The record shard of a digest: a byte the in-shard hash does not use.
+fn shard_of_digest(digest: &TokenDigest) -> usize {
+    usize::from(digest.as_bytes()[8]) % SHARDS
+}
+
+/// The in-shard hash of a digest (uniform already).
+fn digest_hash(digest: &TokenDigest) -> u64 {
+    let bytes = digest.as_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+/// The in-shard hash of a credential id (random bytes already).
+fn credential_hash(id: &CredentialId) -> u64 {
+    let bytes = id.as_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+/// One shard of records: a slab and its indexes and deadline queue.
+#[derive(Default)]
+struct RecordShard {
+    /// The records; `None` marks a free slot.
+    slots: Vec<Option<Record>>,
+    /// Each slot's version (see [`Handle`]).
+    versions: Vec<u32>,
+    /// Free slots, reused before the slab grows.
+    free: Vec<u32>,
+    /// Slot numbers by digest; the digest itself is in the record.
+    by_digest: SlotIndex,
+    /// Slot numbers by credential id; the id itself is in the record.
+    by_credential: HashTable<u32>,
+    /// Min-heap of (deadline, handle); entries may be stale (see module docs).
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+}
+
+impl RecordShard {
+    /// The slot of the record under `digest`.
+    fn digest_slot(&self, digest: &TokenDigest) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_digest.find(digest_hash(digest), |slot| {
+            slots[slot as usize]
+                .as_ref()
+                .is_some_and(|record| record.digest == *digest)
+        })
+    }
+
+    /// The slot of the record with credential id `id`.
+    fn credential_slot(&self, id: &CredentialId) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_credential
+            .find(credential_hash(id), |&slot| {
+                slots[slot as usize]
+                    .as_ref()
+                    .is_some_and(|record| record.credential_id == *id)
+            })
+            .copied()
+    }
+
+    /// The record in an occupied slot.
+    fn at(&self, slot: u32) -> Option<&Record> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// The handle of an occupied slot of shard number `shard`.
+    fn handle(&self, shard: usize, slot: u32) -> Handle {
+        Handle::new(shard, slot, self.versions[slot as usize])
+    }
+
+    /// The record `handle` names, if it is still there.
+    fn get(&self, handle: Handle) -> Option<&Record> {
+        let slot = handle.slot() as usize;
+        if self.versions.get(slot) != Some(&handle.version()) {
+            return None;
+        }
+        self.slots[slot].as_ref()
+    }
+
+    fn insert(&mut self, shard: usize, record: Record) -> Handle {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                assert!(
+                    self.slots.len() < Handle::MAX_SLOTS,
+                    "more than 2^24 credentials in one store shard"
+                );
+                self.slots.push(None);
+                self.versions.push(1);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let RecordShard {
+            slots,
+            by_digest,
+            by_credential,
+            ..
+        } = self;
+        by_digest.insert(digest_hash(&record.digest), slot, |s| {
+            slots[s as usize]
+                .as_ref()
+                .map_or(0, |r| digest_hash(&r.digest))
+        });
+        by_credential.insert_unique(credential_hash(&record.credential_id), slot, |&s| {
+            slots[s as usize]
+                .as_ref()
+                .map_or(0, |r| credential_hash(&r.credential_id))
+        });
+        slots[slot as usize] = Some(record);
+        Handle::new(shard, slot, self.versions[slot as usize])
+    }
+
+    /// Takes the record `handle` names out of the shard and frees its slot.
+    fn remove(&mut self, handle: Handle) -> Option<Record> {
+        self.get(handle)?;
+        let slot = handle.slot();
+        let record = self.slots[slot as usize].take()?;
+        let slots = &self.slots;
+        self.by_digest
+            .remove(digest_hash(&record.digest), slot, |s| {
+                slots[s as usize]
+                    .as_ref()
+                    .map_or(0, |r| digest_hash(&r.digest))
+            });
+        if let Ok(entry) = self
+            .by_credential
+            .find_entry(credential_hash(&record.credential_id), |&s| s == slot)
+        {
+            entry.remove();
+        }
+        let version = &mut self.versions[slot as usize];
+        *version = version.checked_add(1).unwrap_or(1);
+        self.free.push(slot);
+        Some(record)
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+/// The digest index of a record shard: an open-addressing table of slot
+/// numbers with an 8-bit tag each, probed linearly. One probe usually reads
+/// one cache line of the table (16 entries) and then the record, where a
+/// general-purpose table reads its control bytes, then its slot, then the
+/// record: at millions of credentials each of those is a cache miss, and
+/// they are most of what Resolve costs.
+///
+/// An entry is `tag << 24 | (slot + 1)`, zero when empty; deletion shifts
+/// the following entries back, so no tombstones build up.
+#[derive(Default)]
+struct SlotIndex {
+    entries: Vec<u32>,
+    len: usize,
+}
+
+impl SlotIndex {
+    /// Entries per table at most, as a fraction of its size.
+    const MAX_LOAD_PERCENT: usize = 80;
+
+    fn tag(hash: u64) -> u32 {
+        (hash >> 56) as u32
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & (self.entries.len() - 1)
+    }
+
+    /// The slot for which `matches` holds among the entries with `hash`'s tag.
+    fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let mask = self.entries.len() - 1;
+        let tag = Self::tag(hash);
+        let mut pos = self.home(hash);
+        loop {
+            let entry = self.entries[pos];
+            if entry == 0 {
+                return None;
+            }
+            if entry >> 24 == tag && matches((entry & 0x00FF_FFFF) - 1) {
+                return Some((entry & 0x00FF_FFFF) - 1);
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// Adds `slot` under `hash`; `hash_of` gives the hash of any slot
+    /// already indexed (to rebuild the table when it grows).
+    fn insert(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
+        if (self.len + 1) * 100 > self.entries.len() * Self::MAX_LOAD_PERCENT {
+            let size = (self.entries.len() * 2).max(16);
+            let old = std::mem::replace(&mut self.entries, vec![0; size]);
+            for entry in old.into_iter().filter(|&e| e != 0) {
+                let slot = (entry & 0x00FF_FFFF) - 1;
+                self.place(hash_of(slot), slot);
+            }
+        }
+        self.place(hash, slot);
+        self.len += 1;
+    }
+
+    fn place(&mut self, hash: u64, slot: u32) {
+        let mask = self.entries.len() - 1;
+        let mut pos = self.home(hash);
+        while self.entries[pos] != 0 {
+            pos = (pos + 1) & mask;
+        }
+        self.entries[pos] = Self::tag(hash) << 24 | (slot + 1);
+    }
+
+    /// Removes `slot`, indexed under `hash`; `hash_of` as for insert.
+    fn remove(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let mask = self.entries.len() - 1;
+        let mut pos = self.home(hash);
+        loop {
+            let entry = self.entries[pos];
+            if entry == 0 {
+                return;
+            }
+            if (entry & 0x00FF_FFFF) - 1 == slot {
+                break;
+            }
+            pos = (pos + 1) & mask;
+        }
+        // Backward-shift deletion: move later entries of the same run into
+        // the hole when their home position allows it.
+        let mut hole = pos;
+        let mut next = (pos + 1) & mask;
+        loop {
+            let entry = self.entries[next];
+            if entry == 0 {
+                break;
+            }
+            let home = self.home(hash_of((entry & 0x00FF_FFFF) - 1));
+            // The entry may move to `hole` if `hole` lies cyclically in
+            // [home, next).
+            if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(hole) & mask) {
+                self.entries[hole] = entry;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.entries[hole] = 0;
+        self.len -= 1;
+    }
+}
+
+/// One shard of thread heads.
+#[derive(Default)]
+struct ThreadShard {
+    heads: HashTable<ThreadHead>,
+}
+
+/// A thread's entry: the hash of its id and its newest credential. The id
+/// itself is read from that credential's record.
+#[derive(Debug, Clone, Copy)]
+struct ThreadHead {
+    hash: u64,
+    newest: Handle,
+}
+
 /// A queued sweeper deadline, ordered by time only.
 #[derive(Debug, Clone, Copy)]
 struct Deadline {
     at: Millis,
-    digest: TokenDigest,
+    handle: Handle,
 }
 
 impl PartialEq for Deadline {
@@ -546,8 +867,9 @@ struct Tombstones {
 
 impl Tombstones {
     /// Remembers a death. The first recorded reason wins: it is when the
-    /// credential actually died. Tombstones pushed out by the count limit
-    /// take their credential-index entries with them.
+    /// credential actually died. The credential's id is indexed with its
+    /// tombstone; tombstones pushed out by the count limit take their
+    /// id-index entries with them.
     fn record(
         &self,
         digest: TokenDigest,
@@ -559,12 +881,14 @@ impl Tombstones {
         if limits.tombstone_capacity == 0 {
             return;
         }
+        let credential_id = dead.credential_id;
         match self.by_digest.entry(digest) {
             Entry::Occupied(_) => return,
             Entry::Vacant(vacant) => {
                 vacant.insert(dead);
             }
         }
+        credentials.insert(credential_id, digest);
         let mut order = self.order.lock();
         order.push_back((now, digest));
         while order.len() > limits.tombstone_capacity {
@@ -597,9 +921,9 @@ impl Tombstones {
     }
 }
 
-/// What [`Shared::retire`] did with one digest.
+/// What [`Shared::retire`] did with one record.
 enum Retired {
-    /// No record under that digest (already removed).
+    /// No such record (already removed).
     Absent,
     /// The record is live and was not asked to be revoked; it can next die at
     /// the given instant.
@@ -635,20 +959,18 @@ impl Store {
             shared: Arc::new(Shared {
                 clock,
                 limits,
-                records: DashMap::with_hasher_and_shard_amount(
-                    BuildNoHashHasher::default(),
-                    RECORD_SHARDS,
-                ),
-                threads: DashMap::new(),
+                records: (0..SHARDS).map(|_| CachePadded::default()).collect(),
+                threads: (0..SHARDS).map(|_| CachePadded::default()).collect(),
+                thread_hasher: RandomState::new(),
                 instances: DashMap::new(),
                 classes: DashMap::new(),
-                credentials: DashMap::new(),
+                dead_ids: DashMap::new(),
                 generation_lock: RwLock::new(()),
-                deadlines: Mutex::new(BinaryHeap::new()),
                 tombstones: Tombstones {
                     by_digest: DashMap::with_hasher(BuildNoHashHasher::default()),
                     order: Mutex::new(VecDeque::new()),
                 },
+                sweep_cursor: AtomicUsize::new(0),
                 sweeper_wakes_at: AtomicU64::new(Millis::MAX),
                 sweeper_wakeup: Notify::new(),
                 shutdown: AtomicBool::new(false),
@@ -669,12 +991,11 @@ impl Store {
     /// Stores a new credential under `digest` (the digest of a freshly
     /// generated token). With `replace_previous`, the earlier live credentials
     /// of the same thread and provider instance are revoked under the thread's
-    /// index lock before the new record becomes visible, so the two never
-    /// work at the same time and concurrent rotations of one thread serialise.
+    /// lock before the new record becomes visible, so the two never work at
+    /// the same time and concurrent rotations of one thread serialise.
     pub fn mint(&self, digest: TokenDigest, new: NewCredential<'_>) -> Minted {
         let shared = &*self.shared;
         let limits = &shared.limits;
-        let now = shared.clock.now();
         let class = shared.class(Class {
             instance: shared.instance(new.provider_instance_id),
             provider_kind: new.provider_kind.map(Box::from),
@@ -684,61 +1005,80 @@ impl Store {
             max_lifetime: clamp_override(new.max_lifetime, limits.max_lifetime),
             absolute_lifetime: limits.absolute_lifetime.unwrap_or(Millis::MAX),
         });
-        let instance = &class.instance;
-        let thread_id = shared
-            .threads
-            .get(new.thread_id)
-            .map_or_else(|| Arc::from(new.thread_id), |entry| entry.key().clone());
-        let instance_generation = {
-            let _counting = shared.generation_lock.read();
-            instance.live.fetch_add(1, Ordering::AcqRel);
-            instance.generation.load(Ordering::Acquire)
-        };
-        let credential_id = CredentialId::generate();
-        let record = Record {
-            credential_id,
-            thread_id: thread_id.clone(),
-            class,
-            instance_generation,
-            created_at: now,
-            last_used: AtomicU64::new(now),
-        };
-        let deadlines = record.deadlines();
-        shared.credentials.insert(credential_id, digest);
-        let replaced = if new.replace_previous {
-            let mut digests = shared.threads.entry(thread_id).or_default();
-            let mut replaced = 0;
-            digests.retain(|earlier| {
+        let (hash, thread_shard) = shared.thread_hash(new.thread_id);
+        let mut threads = shared.threads[thread_shard].write();
+        let now = shared.clock.now();
+        let head = shared.find_thread(&threads, hash, new.thread_id);
+        let mut older = head.map_or(Handle::NONE, |h| h.newest);
+        let mut replaced = 0;
+        if new.replace_previous && !older.is_none() {
+            let mut kept = Vec::new();
+            for handle in shared.chain(older) {
                 let same_instance = shared
-                    .records
-                    .get(earlier)
-                    .is_some_and(|r| *r.class.instance.id == *new.provider_instance_id);
+                    .with_record(handle, |r| {
+                        *r.class.instance.id == *new.provider_instance_id
+                    })
+                    .unwrap_or(false);
                 if !same_instance {
-                    return true;
+                    kept.push(handle);
+                    continue;
                 }
                 let (outcome, removed) =
-                    shared.retire(earlier, now, Some(RevocationCause::Replaced));
+                    shared.retire(handle, now, Some(RevocationCause::Replaced));
                 if let Some(removed) = removed {
-                    // The thread index entry is dropped by `retain` itself:
-                    // its shard is locked here.
-                    shared.forget(earlier, removed, false);
+                    shared.after_removal(removed);
                 }
                 if let Retired::RevokedLive = outcome {
                     replaced += 1;
                 }
-                false
-            });
-            shared.records.insert(digest, record);
-            digests.push(digest);
-            replaced
-        } else {
-            // Record first, index second: a concurrent RevokeThread that
-            // misses the index entry then simply happened before this Mint.
-            shared.records.insert(digest, record);
-            shared.threads.entry(thread_id).or_default().push(digest);
-            0
+            }
+            shared.relink(&kept);
+            older = kept.first().copied().unwrap_or(Handle::NONE);
+        }
+        let instance_generation = {
+            let _counting = shared.generation_lock.read();
+            class.instance.live.fetch_add(1, Ordering::AcqRel);
+            class.instance.generation.load(Ordering::Acquire)
         };
-        shared.queue_deadline(deadlines.idle_expires_at, digest);
+        let record_shard = shard_of_digest(&digest);
+        let record = Record {
+            digest,
+            credential_id: CredentialId::generate_routed(record_shard as u8),
+            thread_id: Box::from(new.thread_id),
+            class,
+            instance_generation,
+            created_at: now,
+            last_used: AtomicU64::new(now),
+            older: AtomicU64::new(older.0),
+        };
+        let credential_id = record.credential_id;
+        let deadlines = record.deadlines();
+        let handle = {
+            let mut shard = shared.records[record_shard].write();
+            let handle = shard.insert(record_shard, record);
+            shard.deadlines.push(Reverse(Deadline {
+                at: deadlines.idle_expires_at,
+                handle,
+            }));
+            handle
+        };
+        match head.and_then(|head| threads.heads.find_mut(hash, |h| h.newest == head.newest)) {
+            Some(entry) => entry.newest = handle,
+            None => {
+                threads.heads.insert_unique(
+                    hash,
+                    ThreadHead {
+                        hash,
+                        newest: handle,
+                    },
+                    |h| h.hash,
+                );
+            }
+        }
+        drop(threads);
+        if deadlines.idle_expires_at < shared.sweeper_wakes_at.load(Ordering::Acquire) {
+            shared.sweeper_wakeup.notify_one();
+        }
         Minted {
             credential_id,
             deadlines,
@@ -758,7 +1098,9 @@ impl Store {
     ) -> Result<T, Rejection> {
         let shared = &*self.shared;
         let now = shared.clock.now();
-        let Some(record) = shared.records.get(digest) else {
+        let shard = shared.records[shard_of_digest(digest)].read();
+        let Some(record) = shard.digest_slot(digest).and_then(|slot| shard.at(slot)) else {
+            drop(shard);
             return Err(shared.rejection(digest));
         };
         let deadlines = record.use_at(now, required_scope)?;
@@ -788,12 +1130,20 @@ impl Store {
     /// would. Fails with the reason Resolve would give; never revives.
     pub fn touch_credential(&self, credential_id: &CredentialId) -> Result<Touched, Rejection> {
         let shared = &*self.shared;
-        let digest = shared
-            .credentials
-            .get(credential_id)
-            .map(|entry| *entry)
-            .ok_or(Rejection::Unknown)?;
-        shared.touch(&digest, shared.clock.now())
+        let now = shared.clock.now();
+        let shard_index = usize::from(credential_id.route()) % SHARDS;
+        let shard = shared.records[shard_index].read();
+        if let Some(record) = shard
+            .credential_slot(credential_id)
+            .and_then(|slot| shard.at(slot))
+        {
+            return Ok(Touched {
+                credential_id: record.credential_id,
+                deadlines: record.use_at(now, None)?,
+            });
+        }
+        drop(shard);
+        Err(shared.rejection_by_id(credential_id))
     }
 
     /// Renews every live credential of a thread. Fails only when none is
@@ -801,19 +1151,28 @@ impl Store {
     /// [`Rejection::Unknown`] when the thread has none.
     pub fn touch_thread(&self, thread_id: &str) -> Result<Vec<Touched>, Rejection> {
         let shared = &*self.shared;
-        let digests = shared
-            .threads
-            .get(thread_id)
-            .map(|entry| entry.clone())
+        let (hash, thread_shard) = shared.thread_hash(thread_id);
+        let threads = shared.threads[thread_shard].read();
+        let head = shared
+            .find_thread(&threads, hash, thread_id)
             .ok_or(Rejection::Unknown)?;
         let now = shared.clock.now();
-        let mut touched = Vec::with_capacity(digests.len());
+        let mut chain = shared.chain(head.newest);
+        // Mint order, oldest first; so the last failure is the newest's.
+        chain.reverse();
+        let mut touched = Vec::with_capacity(chain.len());
         let mut failure = Rejection::Unknown;
-        // The index is in mint order, so the last failure is the newest's.
-        for digest in &digests {
-            match shared.touch(digest, now) {
-                Ok(one) => touched.push(one),
-                Err(rejection) => failure = rejection,
+        for handle in chain {
+            let outcome = shared.with_record(handle, |record| {
+                record.use_at(now, None).map(|deadlines| Touched {
+                    credential_id: record.credential_id,
+                    deadlines,
+                })
+            });
+            match outcome {
+                Some(Ok(one)) => touched.push(one),
+                Some(Err(rejection)) => failure = rejection,
+                None => {}
             }
         }
         if touched.is_empty() {
@@ -826,19 +1185,25 @@ impl Store {
     /// Revokes every credential of a thread; returns how many were live.
     pub fn revoke_thread(&self, thread_id: &str) -> u64 {
         let shared = &*self.shared;
-        let Some((_, digests)) = shared.threads.remove(thread_id) else {
+        let (hash, thread_shard) = shared.thread_hash(thread_id);
+        let mut threads = shared.threads[thread_shard].write();
+        let Some(head) = shared.find_thread(&threads, hash, thread_id) else {
             return 0;
         };
         let now = shared.clock.now();
+        let chain = shared.chain(head.newest);
         let mut revoked = 0;
-        for digest in &digests {
-            let (outcome, removed) = shared.retire(digest, now, Some(RevocationCause::Thread));
+        for handle in chain {
+            let (outcome, removed) = shared.retire(handle, now, Some(RevocationCause::Thread));
             if let Some(removed) = removed {
-                shared.forget(digest, removed, false);
+                shared.after_removal(removed);
             }
             if let Retired::RevokedLive = outcome {
                 revoked += 1;
             }
+        }
+        if let Ok(entry) = threads.heads.find_entry(hash, |h| h.newest == head.newest) {
+            entry.remove();
         }
         revoked
     }
@@ -846,17 +1211,19 @@ impl Store {
     /// Revokes one credential by its handle; returns 1 if it was live.
     pub fn revoke_credential(&self, credential_id: &CredentialId) -> u64 {
         let shared = &*self.shared;
-        let Some(digest) = shared.credentials.get(credential_id).map(|entry| *entry) else {
+        let shard_index = usize::from(credential_id.route()) % SHARDS;
+        let found = {
+            let shard = shared.records[shard_index].read();
+            shard.credential_slot(credential_id).and_then(|slot| {
+                let record = shard.at(slot)?;
+                Some((shard.handle(shard_index, slot), record.thread_id.clone()))
+            })
+        };
+        let Some((handle, thread_id)) = found else {
             return 0;
         };
-        let (outcome, removed) = shared.retire(
-            &digest,
-            shared.clock.now(),
-            Some(RevocationCause::Credential),
-        );
-        if let Some(removed) = removed {
-            shared.forget(&digest, removed, true);
-        }
+        let outcome =
+            shared.remove_from_thread(handle, &thread_id, Some(RevocationCause::Credential));
         u64::from(matches!(outcome, Retired::RevokedLive))
     }
 
@@ -895,7 +1262,7 @@ impl Store {
 
     /// How many credential records are held, live or dead but not yet swept.
     pub fn record_count(&self) -> usize {
-        self.shared.records.len()
+        self.shared.records.iter().map(|s| s.read().len()).sum()
     }
 
     /// How many tombstones are held.
@@ -905,12 +1272,22 @@ impl Store {
 
     /// How many credential ids are indexed (live records and tombstones).
     pub fn indexed_credential_ids(&self) -> usize {
-        self.shared.credentials.len()
+        let live: usize = self
+            .shared
+            .records
+            .iter()
+            .map(|s| s.read().by_credential.len())
+            .sum();
+        live + self.shared.dead_ids.len()
     }
 
     /// How many sweeper deadlines are queued (some may be stale).
     pub fn queued_deadlines(&self) -> usize {
-        self.shared.deadlines.lock().len()
+        self.shared
+            .records
+            .iter()
+            .map(|s| s.read().deadlines.len())
+            .sum()
     }
 }
 
@@ -954,11 +1331,94 @@ impl Shared {
             .clone()
     }
 
-    fn queue_deadline(&self, at: Millis, digest: TokenDigest) {
-        self.deadlines.lock().push(Reverse(Deadline { at, digest }));
-        if at < self.sweeper_wakes_at.load(Ordering::Acquire) {
-            self.sweeper_wakeup.notify_one();
+    /// The keyed hash of a thread id and its thread shard. The shard comes
+    /// from bits the shard's own table does not use (it takes the low bits
+    /// for the bucket and the top seven for the tag).
+    fn thread_hash(&self, thread_id: &str) -> (u64, usize) {
+        let hash = self.thread_hasher.hash_one(thread_id);
+        (hash, (hash >> 40) as usize % SHARDS)
+    }
+
+    /// The head of a thread's list, if the thread has credentials.
+    fn find_thread(&self, threads: &ThreadShard, hash: u64, thread_id: &str) -> Option<ThreadHead> {
+        threads
+            .heads
+            .find(hash, |head| {
+                head.hash == hash
+                    && self
+                        .with_record(head.newest, |r| *r.thread_id == *thread_id)
+                        .unwrap_or(false)
+            })
+            .copied()
+    }
+
+    /// Runs `read` on the record `handle` names, under its shard's read lock.
+    fn with_record<T>(&self, handle: Handle, read: impl FnOnce(&Record) -> T) -> Option<T> {
+        let shard = self.records[handle.shard()].read();
+        shard.get(handle).map(read)
+    }
+
+    /// A thread's credentials from `newest` on, newest first. The caller
+    /// holds the thread's shard lock, so the list does not change meanwhile.
+    fn chain(&self, newest: Handle) -> Vec<Handle> {
+        let mut chain = Vec::new();
+        let mut next = newest;
+        while !next.is_none() {
+            chain.push(next);
+            next = self
+                .with_record(next, |r| Handle(r.older.load(Ordering::Acquire)))
+                .unwrap_or(Handle::NONE);
         }
+        chain
+    }
+
+    /// Links `kept` (newest first) into one list. The caller holds the
+    /// thread's shard lock.
+    fn relink(&self, kept: &[Handle]) {
+        for (i, &handle) in kept.iter().enumerate() {
+            let older = kept.get(i + 1).copied().unwrap_or(Handle::NONE);
+            self.with_record(handle, |r| r.older.store(older.0, Ordering::Release));
+        }
+    }
+
+    /// Takes the record `handle` names out of its thread's list and its
+    /// shard if it is dead, or if `revoke` is given; `thread_id` is the
+    /// record's thread as read before the thread lock was taken.
+    fn remove_from_thread(
+        &self,
+        handle: Handle,
+        thread_id: &str,
+        revoke: Option<RevocationCause>,
+    ) -> Retired {
+        let (hash, thread_shard) = self.thread_hash(thread_id);
+        let mut threads = self.threads[thread_shard].write();
+        let Some(head) = self.find_thread(&threads, hash, thread_id) else {
+            return Retired::Absent;
+        };
+        let chain = self.chain(head.newest);
+        if !chain.contains(&handle) {
+            return Retired::Absent;
+        }
+        let (outcome, removed) = self.retire(handle, self.clock.now(), revoke);
+        if let Some(removed) = removed {
+            let kept: Vec<Handle> = chain.into_iter().filter(|&h| h != handle).collect();
+            self.relink(&kept);
+            match kept.first() {
+                Some(&newest) => {
+                    if let Some(entry) = threads.heads.find_mut(hash, |h| h.newest == head.newest) {
+                        entry.newest = newest;
+                    }
+                }
+                None => {
+                    if let Ok(entry) = threads.heads.find_entry(hash, |h| h.newest == head.newest) {
+                        entry.remove();
+                    }
+                }
+            }
+            drop(threads);
+            self.after_removal(removed);
+        }
+        outcome
     }
 
     /// Why an absent digest fails: its tombstone's reason, or unknown.
@@ -969,85 +1429,63 @@ impl Shared {
         }
     }
 
-    /// Renews the credential under `digest` as a successful Resolve would.
-    fn touch(&self, digest: &TokenDigest, now: Millis) -> Result<Touched, Rejection> {
-        let Some(record) = self.records.get(digest) else {
-            return Err(self.rejection(digest));
-        };
-        Ok(Touched {
-            credential_id: record.credential_id,
-            deadlines: record.use_at(now, None)?,
-        })
+    /// Why an absent credential id fails: its tombstone's reason, or unknown.
+    fn rejection_by_id(&self, credential_id: &CredentialId) -> Rejection {
+        match self.dead_ids.get(credential_id).map(|digest| *digest) {
+            Some(digest) => self.rejection(&digest),
+            None => Rejection::Unknown,
+        }
     }
 
-    /// Removes the record under `digest` if it is dead, or if `revoke` is
-    /// given, leaving a tombstone. The tombstone is written under the record's
-    /// shard lock, before the record disappears, so a Resolve that misses the
-    /// record always finds the tombstone. The caller passes a removed record
-    /// to [`Shared::forget`].
+    /// Removes the record `handle` names if it is dead, or if `revoke` is
+    /// given, leaving a tombstone. The caller holds the record's thread shard
+    /// lock and takes the record out of the thread's list.
+    ///
+    /// The tombstone is written under the record's shard lock, before the
+    /// record disappears, so a Resolve that misses the record always finds
+    /// the tombstone. Removal and the live count change together with
+    /// respect to RevokeAll, so a credential is counted by exactly one
+    /// revocation.
     fn retire(
         &self,
-        digest: &TokenDigest,
+        handle: Handle,
         now: Millis,
         revoke: Option<RevocationCause>,
     ) -> (Retired, Option<Record>) {
-        let mut outcome = Retired::Absent;
-        // Removal and the live count change together with respect to
-        // RevokeAll, so a credential is counted by exactly one revocation.
         let _counting = self.generation_lock.read();
-        let removed = self.records.remove_if(digest, |_, record| {
-            let (reason, was_live) = match (record.death(now), revoke) {
-                (Some(reason), _) => (reason, false),
-                (None, Some(cause)) => (DeathReason::Revoked(cause), true),
-                (None, None) => {
-                    outcome = Retired::StillLive(record.deadlines().idle_expires_at);
-                    return false;
-                }
-            };
-            self.tombstones.record(
-                *digest,
-                record.dead(reason),
-                now,
-                &self.limits,
-                &self.credentials,
-            );
-            outcome = if was_live {
-                Retired::RevokedLive
-            } else {
-                Retired::RemovedDead
-            };
-            if record.counted() {
-                record.class.instance.live.fetch_sub(1, Ordering::AcqRel);
+        let mut shard = self.records[handle.shard()].write();
+        let Some(record) = shard.get(handle) else {
+            return (Retired::Absent, None);
+        };
+        let (reason, was_live) = match (record.death(now), revoke) {
+            (Some(reason), _) => (reason, false),
+            (None, Some(cause)) => (DeathReason::Revoked(cause), true),
+            (None, None) => {
+                return (Retired::StillLive(record.deadlines().idle_expires_at), None);
             }
-            true
-        });
-        (outcome, removed.map(|(_, record)| record))
+        };
+        self.tombstones.record(
+            record.digest,
+            record.dead(reason),
+            now,
+            &self.limits,
+            &self.dead_ids,
+        );
+        if record.counted() {
+            record.class.instance.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        let removed = shard.remove(handle);
+        let outcome = if was_live {
+            Retired::RevokedLive
+        } else {
+            Retired::RemovedDead
+        };
+        (outcome, removed)
     }
 
-    /// Updates the counts and indexes after the record under `digest` was
-    /// removed, dropping index entries that became empty. `unindex_thread` is
-    /// false when the caller already took the digest out of the thread index
-    /// (and may hold that index's lock).
-    fn forget(&self, digest: &TokenDigest, record: Record, unindex_thread: bool) {
-        // Without a tombstone (none kept, or pushed out at once) nothing
-        // needs the id any more; otherwise the tombstone's eviction drops it.
-        if !self.tombstones.by_digest.contains_key(digest) {
-            self.credentials.remove(&record.credential_id);
-        }
-        if unindex_thread {
-            let emptied = self
-                .threads
-                .get_mut(&record.thread_id)
-                .is_some_and(|mut digests| {
-                    // Cheap: a thread holds a handful of credentials.
-                    digests.retain(|d| d != digest);
-                    digests.is_empty()
-                });
-            if emptied {
-                self.threads
-                    .remove_if(&record.thread_id, |_, digests| digests.is_empty());
-            }
-        }
+    /// Lets go of a removed record's class and provider instance when no
+    /// other record uses them.
+    fn after_removal(&self, record: Record) {
         let class = record.class.clone();
         drop(record);
         // Unused classes and instances go: when only the map (and `class`
@@ -1062,47 +1500,58 @@ impl Shared {
             .remove_if(&instance_id, |_, instance| Arc::strong_count(instance) == 1);
     }
 
-    /// Handles one batch of due deadlines. Returns what it did and whether
-    /// more are due.
+    /// Handles one batch of due deadlines, taken from the shards in turn.
+    /// Returns what it did and whether more are due.
     fn sweep_batch(&self) -> (SweepReport, bool) {
         let now = self.clock.now();
         let mut report = SweepReport::default();
-        let due: Vec<Deadline> = {
-            let mut queue = self.deadlines.lock();
-            let mut due = Vec::new();
-            while due.len() < SWEEP_BATCH {
-                match queue.peek() {
-                    Some(Reverse(next)) if next.at <= now => {
-                        due.push(queue.pop().expect("peeked").0);
-                    }
-                    _ => break,
+        let mut due: Vec<Handle> = Vec::new();
+        let start = self.sweep_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut more = false;
+        for i in 0..SHARDS {
+            let mut shard = self.records[(start + i) % SHARDS].write();
+            while let Some(Reverse(next)) = shard.deadlines.peek() {
+                if next.at > now {
+                    break;
                 }
+                if due.len() == SWEEP_BATCH {
+                    more = true;
+                    break;
+                }
+                due.push(next.handle);
+                shard.deadlines.pop();
             }
-            due
-        };
-        let more = due.len() == SWEEP_BATCH;
-        let mut requeue = Vec::new();
-        for deadline in &due {
-            let (outcome, removed) = self.retire(&deadline.digest, now, None);
-            if let Some(removed) = removed {
-                self.forget(&deadline.digest, removed, true);
+            if more {
+                break;
             }
+        }
+        for handle in due {
+            // A first look under the read lock; only the dead need their
+            // thread's lock.
+            let probe = self.with_record(handle, |record| match record.death(now) {
+                None => Err(record.deadlines().idle_expires_at),
+                Some(_) => Ok(record.thread_id.clone()),
+            });
+            let outcome = match probe {
+                None => Retired::Absent,
+                Some(Err(next)) => Retired::StillLive(next),
+                Some(Ok(thread_id)) => self.remove_from_thread(handle, &thread_id, None),
+            };
             match outcome {
-                Retired::StillLive(at) => requeue.push(Reverse(Deadline {
-                    at,
-                    digest: deadline.digest,
-                })),
+                Retired::StillLive(at) => {
+                    report.requeued += 1;
+                    self.records[handle.shard()]
+                        .write()
+                        .deadlines
+                        .push(Reverse(Deadline { at, handle }));
+                }
                 Retired::RemovedDead | Retired::RevokedLive => report.removed += 1,
                 Retired::Absent => {}
             }
         }
-        report.requeued = requeue.len();
-        if !requeue.is_empty() {
-            self.deadlines.lock().extend(requeue);
-        }
         self.tombstones.evict_older_than(
             now.saturating_sub(self.limits.tombstone_retention),
-            &self.credentials,
+            &self.dead_ids,
         );
         (report, more)
     }
@@ -1110,7 +1559,11 @@ impl Shared {
     /// When the sweeper next has work: the earliest queued deadline or
     /// tombstone expiry.
     fn next_due(&self) -> Option<Millis> {
-        let deadline = self.deadlines.lock().peek().map(|Reverse(d)| d.at);
+        let deadline = self
+            .records
+            .iter()
+            .filter_map(|shard| shard.read().deadlines.peek().map(|Reverse(d)| d.at))
+            .min();
         let tombstone = self.tombstones.order.lock().front().map(|&(at, _)| {
             at.saturating_add(self.limits.tombstone_retention)
                 .saturating_add(1)
@@ -1160,5 +1613,52 @@ async fn sweeper_task(shared: Arc<Shared>) {
             _ = tokio::time::sleep(sleep) => {}
             _ = shared.sweeper_wakeup.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The digest index agrees with a plain map over random inserts and
+    /// removals, through growth and wrap-around, with colliding homes and
+    /// tags (hashes drawn from a small range).
+    #[test]
+    fn slot_index_agrees_with_a_map() {
+        let mut index = SlotIndex::default();
+        let mut model: HashMap<u32, u64> = HashMap::new();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..200_000u32 {
+            let roll = next();
+            let slot = (roll % 4096) as u32;
+            if model.contains_key(&slot) && roll % 3 != 0 {
+                let hash = model.remove(&slot).unwrap();
+                let hashes = model.clone();
+                index.remove(hash, slot, |s| hashes[&s]);
+            } else if !model.contains_key(&slot) {
+                // Few distinct hashes: long runs, shared tags.
+                let hash = (next() % 64).wrapping_mul(0x0101_0101_0101_0101) ^ u64::from(round % 7);
+                let hashes = model.clone();
+                index.insert(hash, slot, |s| hashes[&s]);
+                model.insert(slot, hash);
+            }
+            if round % 997 == 0 {
+                for (&slot, &hash) in &model {
+                    assert_eq!(index.find(hash, |s| s == slot), Some(slot), "round {round}");
+                }
+                assert_eq!(index.len, model.len());
+            }
+        }
+        for (&slot, &hash) in &model {
+            assert_eq!(index.find(hash, |s| s == slot), Some(slot));
+        }
+        assert_eq!(index.find(12345, |s| !model.contains_key(&s)), None);
     }
 }

@@ -196,6 +196,25 @@ impl CredentialId {
         CredentialId(rand::random())
     }
 
+    /// A fresh handle whose last byte is `route` and whose other 120 bits
+    /// are random: the store keeps the credential in the shard that byte
+    /// names, so a lookup by id goes straight to it.
+    pub fn generate_routed(route: u8) -> Self {
+        let mut bytes: [u8; 16] = rand::random();
+        bytes[15] = route;
+        CredentialId(bytes)
+    }
+
+    /// The byte [`CredentialId::generate_routed`] was given.
+    pub fn route(&self) -> u8 {
+        self.0[15]
+    }
+
+    /// The handle's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
     /// Reads a handle in its display form (`cred_` + 32 lowercase hex).
     pub fn parse(text: &str) -> Option<Self> {
         let hex = text.strip_prefix("cred_")?.as_bytes();

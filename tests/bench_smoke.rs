@@ -45,7 +45,12 @@ fn benchmark_suite_runs_in_smoke_mode() {
     let checks = json["checks"].as_array().unwrap();
     let verified = checks
         .iter()
-        .find(|c| c["target"].as_str().unwrap().starts_with("every measured gRPC call"))
+        .find(|c| {
+            c["target"]
+                .as_str()
+                .unwrap()
+                .starts_with("every measured gRPC call")
+        })
         .expect("the gRPC calls are verified");
     assert_eq!(verified["met"], true, "{verified}");
     let _ = std::fs::remove_file(out);
