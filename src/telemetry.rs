@@ -37,8 +37,11 @@ const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 pub fn init(format: LogFormat) -> FlushGuard {
     let (writer, guard) = BatchWriter::spawn(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // No module path in the line: every line of this small binary would
+    // carry the same few, and the RPC line is formatted on the request path.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_target(false)
         .with_writer(writer);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),

@@ -105,24 +105,12 @@ pub(crate) fn run(server_bin: &Path, load: Load, report: &mut Report) -> anyhow:
 
 fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> anyhow::Result<()> {
     let log_path = work.join("server.log");
-    let (server, addr) = start_server(server_bin, &log_path)?;
+    let (server, addr) = start_server(server_bin, &log_path, "info")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let url = format!("http://{addr}");
-    let token = runtime.block_on(async {
-        let mut client = CredentialAuthorityClient::connect(url.clone()).await?;
-        let minted = client
-            .mint(MintRequest {
-                thread_id: "bench-thread-0000-4000-8000-000000000000".into(),
-                provider_instance_id: "bench-adapter".into(),
-                provider_kind: "claude".into(),
-                ..MintRequest::default()
-            })
-            .await?
-            .into_inner();
-        anyhow::Ok(minted.token)
-    })?;
+    let token = runtime.block_on(mint_token(&url))?;
 
     let frames = [
         (
@@ -156,21 +144,7 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         ),
     ];
     let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
-    // Rounds alternate between the calls, so drift hits them alike.
-    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); frames.len()];
-    for round in 0..load.rounds.max(1) {
-        for (i, (name, path, frame)) in frames.iter().enumerate() {
-            let frame_path = work.join(format!("frame-{i}.bin"));
-            std::fs::write(&frame_path, frame)?;
-            eprintln!("# gRPC {name}, round {}", round + 1);
-            rounds[i].push(h2load(&addr, path, &frame_path, load, work)?);
-        }
-    }
-    for (i, (name, _, _)) in frames.iter().enumerate() {
-        report
-            .figures
-            .push(median_figure(&scope, name, load.in_flight(), &rounds[i]));
-    }
+    measure_calls(&addr, &frames, load, work, &scope, report)?;
 
     // h2load cannot read grpc-status: prove the calls succeeded apart.
     let still_resolves = runtime.block_on(async {
@@ -207,6 +181,33 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         still_resolves && resolve_failed == 0 && mint_failed == 0 && resolved_ok > 0 && minted_ok > 0,
     );
 
+    // What the one log line per RPC costs: the same Health/Resolve rounds
+    // against a server started with RPC log lines filtered out.
+    {
+        let (_quiet_server, addr) = start_server(
+            server_bin,
+            &work.join("quiet.log"),
+            "info,credential_authority::service=warn",
+        )?;
+        let token = runtime.block_on(mint_token(&format!("http://{addr}")))?;
+        let frames = [
+            frames[0].clone(),
+            (
+                "Resolve",
+                frames[1].1,
+                grpc_frame(
+                    &ResolveRequest {
+                        token,
+                        ..ResolveRequest::default()
+                    }
+                    .encode_to_vec(),
+                ),
+            ),
+        ];
+        let scope = format!("{scope}, RPC log lines off (diagnostic)");
+        measure_calls(&addr, &frames, load, work, &scope, report)?;
+    }
+
     let redis = redis_rounds(load, work)?;
     report.figures.push(median_figure(
         &format!("Redis direct, redis-benchmark {} clients", load.in_flight()),
@@ -215,6 +216,49 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         &redis,
     ));
     network_checks(report, &scope, load);
+    Ok(())
+}
+
+/// Mints the credential the Resolve load presents.
+async fn mint_token(url: &str) -> anyhow::Result<String> {
+    let mut client = CredentialAuthorityClient::connect(url.to_owned()).await?;
+    let minted = client
+        .mint(MintRequest {
+            thread_id: "bench-thread-0000-4000-8000-000000000000".into(),
+            provider_instance_id: "bench-adapter".into(),
+            provider_kind: "claude".into(),
+            ..MintRequest::default()
+        })
+        .await?
+        .into_inner();
+    Ok(minted.token)
+}
+
+/// Runs h2load rounds over `frames` (name, path, request frame), the calls
+/// alternating so that drift hits them alike; the median round of each
+/// becomes a figure in `scope`.
+fn measure_calls(
+    addr: &SocketAddr,
+    frames: &[(&str, &str, Vec<u8>)],
+    load: Load,
+    work: &Path,
+    scope: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); frames.len()];
+    for round in 0..load.rounds.max(1) {
+        for (i, (name, path, frame)) in frames.iter().enumerate() {
+            let frame_path = work.join(format!("frame-{i}.bin"));
+            std::fs::write(&frame_path, frame)?;
+            eprintln!("# {scope}: {name}, round {}", round + 1);
+            rounds[i].push(h2load(addr, path, &frame_path, load, work)?);
+        }
+    }
+    for (i, (name, _, _)) in frames.iter().enumerate() {
+        report
+            .figures
+            .push(median_figure(scope, name, load.in_flight(), &rounds[i]));
+    }
     Ok(())
 }
 
@@ -293,11 +337,15 @@ fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) ->
 
 /// Starts the release server on an ephemeral loopback port, logging (as
 /// shipped, one line per RPC) to `log_path`.
-fn start_server(bin: &Path, log_path: &Path) -> anyhow::Result<(Reaped, SocketAddr)> {
+fn start_server(
+    bin: &Path,
+    log_path: &Path,
+    log_filter: &str,
+) -> anyhow::Result<(Reaped, SocketAddr)> {
     let log = std::fs::File::create(log_path)?;
     let child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "2s"])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -93,6 +93,13 @@ pub(crate) fn run_size(plan: StorePlan, size: usize, report: &mut Report) {
     let threads: Vec<String> = (0..size).map(thread_id).collect();
     let instances = instances();
 
+    // Hand memory freed by earlier sizes back to the kernel first, so that
+    // the store below is measured in fresh pages, not in reused ones.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let before = resident_bytes();
     let store = Store::new(StoreConfig::default(), Arc::new(SystemClock::new()));
     let mut ids: Vec<CredentialId> = Vec::with_capacity(size);
