@@ -79,6 +79,21 @@ fn main() -> anyhow::Result<()> {
         machine: network_bench::machine(),
         ..Report::default()
     };
+    // The network figures first: they come from other processes, and the
+    // store figures leave gigabytes for the kernel to reclaim.
+    if !args.no_network {
+        let server = match &args.server {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("credential-authority"),
+        };
+        let load = network_bench::Load {
+            requests: args.requests,
+            connections: args.connections,
+            streams: args.streams,
+            rounds: args.rounds,
+        };
+        network_bench::run(&server, load, &mut report)?;
+    }
     if !args.no_store {
         let plan = StorePlan {
             ops: args.ops,
@@ -92,19 +107,6 @@ fn main() -> anyhow::Result<()> {
             store_bench::expiry_storm(args.expiring, args.ops, &mut report);
         }
         store_bench::store_checks(&mut report, &args.sizes);
-    }
-    if !args.no_network {
-        let server = match &args.server {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()?.with_file_name("credential-authority"),
-        };
-        let load = network_bench::Load {
-            requests: args.requests,
-            connections: args.connections,
-            streams: args.streams,
-            rounds: args.rounds,
-        };
-        network_bench::run(&server, load, &mut report)?;
     }
     print!("{}", report.markdown());
     if let Some(parent) = args.out.parent() {

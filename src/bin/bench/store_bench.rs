@@ -298,26 +298,45 @@ pub(crate) fn expiry_storm(size: usize, ops_cap: usize, report: &mut Report) {
     }
     let order = visiting_order(ops_cap, size);
     let feed = Feed::new(&live, &order);
-    let latencies = |k_range: std::ops::Range<usize>, stop: &dyn Fn() -> bool| {
-        let mut samples = Vec::with_capacity(k_range.len());
-        for k in k_range {
+    // Resolves in visiting order (cycling) until `stop` says so (checked
+    // every 4096 calls), `limit` passes or `max_calls` were made; per-call
+    // latencies in µs when `record`.
+    let resolve_until =
+        |max_calls: usize, limit: Duration, stop: &dyn Fn() -> bool, record: bool| {
+            let mut samples = Vec::new();
             let started = Instant::now();
-            let digest = token::parse(feed.token(k)).expect("well-formed");
-            let ok = store.resolve_with(&digest, None, |v| v.deadlines).is_ok();
-            samples.push(started.elapsed().as_nanos() as f64 / 1e3);
-            assert!(ok, "live credentials stay live through the storm");
-            if k % 4096 == 0 && stop() {
-                break;
+            for k in (0..order.len()).cycle().take(max_calls) {
+                let call = Instant::now();
+                let digest = token::parse(feed.token(k)).expect("well-formed");
+                let ok = store.resolve_with(&digest, None, |v| v.deadlines).is_ok();
+                if record {
+                    samples.push(call.elapsed().as_nanos() as f64 / 1e3);
+                }
+                assert!(ok, "live credentials stay live through the storm");
+                if k % 4096 == 0 && (stop() || started.elapsed() > limit) {
+                    break;
+                }
             }
-        }
-        samples
-    };
-    let half = ops_cap / 2;
-    let mut quiet = latencies(0..half, &|| false);
-    // Every short-lived credential is now past its idle timeout.
+            samples
+        };
+    let mut quiet = resolve_until(order.len(), Duration::from_secs(60), &|| false, true);
+    // Every short-lived credential is now past its idle timeout; the
+    // sweeper notices within a second (its own timer).
     clock.advance(Duration::from_secs(2));
+    let everything = 2 * size;
+    resolve_until(
+        usize::MAX,
+        Duration::from_secs(5),
+        &|| store.record_count() < everything,
+        false,
+    );
     let storm_started = Instant::now();
-    let mut storm = latencies(half..ops_cap, &|| store.record_count() <= size);
+    let mut storm = resolve_until(
+        usize::MAX,
+        Duration::from_secs(120),
+        &|| store.record_count() <= size,
+        true,
+    );
     let swept = store.record_count() <= size;
     let storm_secs = storm_started.elapsed().as_secs_f64();
     eprintln!(
