@@ -40,7 +40,7 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -439,9 +439,9 @@ struct Record {
     instance_generation: u64,
     created_at: Millis,
     last_used: AtomicU64,
-    /// The thread's next older credential ([`Handle::NONE`] for none).
+    /// The thread's next older credential ([`SlotKey::NONE`] for none).
     /// Changed only under the thread's shard lock.
-    older: AtomicU64,
+    older: AtomicU32,
 }
 
 impl Record {
@@ -531,14 +531,11 @@ impl Record {
 
 /// Where a record lives: its shard, its slot and the slot's version, packed
 /// in 64 bits. The version changes when the slot is freed, so a handle left
-/// in a deadline queue never reaches the slot's next occupant. Never zero
-/// (versions start at 1), so zero can mean "none" in a list link.
+/// in a deadline queue never reaches the slot's next occupant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Handle(u64);
 
 impl Handle {
-    /// The end of a thread's list.
-    const NONE: Handle = Handle(0);
     /// Slots per shard that a handle can address.
     const MAX_SLOTS: usize = (1 << 24) - 1;
 
@@ -558,8 +555,32 @@ impl Handle {
         self.0 as u32
     }
 
+    /// The shard and slot without the version.
+    fn key(self) -> SlotKey {
+        SlotKey(((self.shard() as u32) << 24) | self.slot())
+    }
+}
+
+/// A shard and slot without the slot's version: what a thread's list holds.
+/// Under the thread's shard lock the list is exact (every record's removal
+/// takes it), so no version is needed, and a link costs 4 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotKey(u32);
+
+impl SlotKey {
+    /// The end of a list (no shard has 256 shards' worth of index).
+    const NONE: SlotKey = SlotKey(u32::MAX);
+
+    fn shard(self) -> usize {
+        (self.0 >> 24) as usize
+    }
+
+    fn slot(self) -> u32 {
+        self.0 & 0x00FF_FFFF
+    }
+
     fn is_none(self) -> bool {
-        self == Handle::NONE
+        self == SlotKey::NONE
     }
 }
 
@@ -584,11 +605,16 @@ fn credential_hash(id: &CredentialId) -> u64 {
     ])
 }
 
+/// Records per slab chunk. Chunks are allocated whole and never moved or
+/// freed, so the slab grows without copying and without leaving the freed
+/// halves of doubled buffers behind as resident garbage.
+const CHUNK: usize = 1024;
+
 /// One shard of records: a slab and its indexes and deadline queue.
 #[derive(Default)]
 struct RecordShard {
-    /// The records; `None` marks a free slot.
-    slots: Vec<Option<Record>>,
+    /// The records in fixed-size chunks; `None` marks a free slot.
+    chunks: Vec<Box<[Option<Record>]>>,
     /// Each slot's version (see [`Handle`]).
     versions: Vec<u32>,
     /// Free slots, reused before the slab grows.
@@ -596,37 +622,35 @@ struct RecordShard {
     /// Slot numbers by digest; the digest itself is in the record.
     by_digest: SlotIndex,
     /// Slot numbers by credential id; the id itself is in the record.
-    by_credential: HashTable<u32>,
+    by_credential: SlotIndex,
     /// Min-heap of (deadline, handle); entries may be stale (see module docs).
     deadlines: BinaryHeap<Reverse<Deadline>>,
 }
 
 impl RecordShard {
+    /// The record in `slot`, if the slot is in use.
+    fn at(&self, slot: u32) -> Option<&Record> {
+        let slot = slot as usize;
+        self.chunks.get(slot / CHUNK)?[slot % CHUNK].as_ref()
+    }
+
+    fn at_mut(&mut self, slot: u32) -> &mut Option<Record> {
+        let slot = slot as usize;
+        &mut self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
     /// The slot of the record under `digest`.
     fn digest_slot(&self, digest: &TokenDigest) -> Option<u32> {
-        let slots = &self.slots;
         self.by_digest.find(digest_hash(digest), |slot| {
-            slots[slot as usize]
-                .as_ref()
-                .is_some_and(|record| record.digest == *digest)
+            self.at(slot).is_some_and(|record| record.digest == *digest)
         })
     }
 
     /// The slot of the record with credential id `id`.
     fn credential_slot(&self, id: &CredentialId) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_credential
-            .find(credential_hash(id), |&slot| {
-                slots[slot as usize]
-                    .as_ref()
-                    .is_some_and(|record| record.credential_id == *id)
-            })
-            .copied()
-    }
-
-    /// The record in an occupied slot.
-    fn at(&self, slot: u32) -> Option<&Record> {
-        self.slots.get(slot as usize)?.as_ref()
+        self.by_credential.find(credential_hash(id), |slot| {
+            self.at(slot).is_some_and(|record| record.credential_id == *id)
+        })
     }
 
     /// The handle of an occupied slot of shard number `shard`.
@@ -636,64 +660,68 @@ impl RecordShard {
 
     /// The record `handle` names, if it is still there.
     fn get(&self, handle: Handle) -> Option<&Record> {
-        let slot = handle.slot() as usize;
-        if self.versions.get(slot) != Some(&handle.version()) {
+        let slot = handle.slot();
+        if self.versions.get(slot as usize) != Some(&handle.version()) {
             return None;
         }
-        self.slots[slot].as_ref()
+        self.at(slot)
     }
 
     fn insert(&mut self, shard: usize, record: Record) -> Handle {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
+                let slot = self.versions.len();
                 assert!(
-                    self.slots.len() < Handle::MAX_SLOTS,
+                    slot < Handle::MAX_SLOTS,
                     "more than 2^24 credentials in one store shard"
                 );
-                self.slots.push(None);
+                if slot % CHUNK == 0 {
+                    self.chunks.push((0..CHUNK).map(|_| None).collect());
+                }
                 self.versions.push(1);
-                (self.slots.len() - 1) as u32
+                slot as u32
             }
         };
+        let (digest, credential) = (
+            digest_hash(&record.digest),
+            credential_hash(&record.credential_id),
+        );
         let RecordShard {
-            slots,
+            chunks,
             by_digest,
             by_credential,
             ..
         } = self;
-        by_digest.insert(digest_hash(&record.digest), slot, |s| {
-            slots[s as usize]
-                .as_ref()
-                .map_or(0, |r| digest_hash(&r.digest))
+        let record_at = |s: u32| chunks[s as usize / CHUNK][s as usize % CHUNK].as_ref();
+        by_digest.insert(digest, slot, |s| {
+            record_at(s).map_or(0, |r| digest_hash(&r.digest))
         });
-        by_credential.insert_unique(credential_hash(&record.credential_id), slot, |&s| {
-            slots[s as usize]
-                .as_ref()
-                .map_or(0, |r| credential_hash(&r.credential_id))
+        by_credential.insert(credential, slot, |s| {
+            record_at(s).map_or(0, |r| credential_hash(&r.credential_id))
         });
-        slots[slot as usize] = Some(record);
-        Handle::new(shard, slot, self.versions[slot as usize])
+        *self.at_mut(slot) = Some(record);
+        self.handle(shard, slot)
     }
 
     /// Takes the record `handle` names out of the shard and frees its slot.
     fn remove(&mut self, handle: Handle) -> Option<Record> {
         self.get(handle)?;
         let slot = handle.slot();
-        let record = self.slots[slot as usize].take()?;
-        let slots = &self.slots;
-        self.by_digest
-            .remove(digest_hash(&record.digest), slot, |s| {
-                slots[s as usize]
-                    .as_ref()
-                    .map_or(0, |r| digest_hash(&r.digest))
-            });
-        if let Ok(entry) = self
-            .by_credential
-            .find_entry(credential_hash(&record.credential_id), |&s| s == slot)
-        {
-            entry.remove();
-        }
+        let record = self.at_mut(slot).take()?;
+        let RecordShard {
+            chunks,
+            by_digest,
+            by_credential,
+            ..
+        } = self;
+        let record_at = |s: u32| chunks[s as usize / CHUNK][s as usize % CHUNK].as_ref();
+        by_digest.remove(digest_hash(&record.digest), slot, |s| {
+            record_at(s).map_or(0, |r| digest_hash(&r.digest))
+        });
+        by_credential.remove(credential_hash(&record.credential_id), slot, |s| {
+            record_at(s).map_or(0, |r| credential_hash(&r.credential_id))
+        });
         let version = &mut self.versions[slot as usize];
         *version = version.checked_add(1).unwrap_or(1);
         self.free.push(slot);
@@ -701,7 +729,7 @@ impl RecordShard {
     }
 
     fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.versions.len() - self.free.len()
     }
 }
 
@@ -822,12 +850,17 @@ struct ThreadShard {
     heads: HashTable<ThreadHead>,
 }
 
-/// A thread's entry: the hash of its id and its newest credential. The id
-/// itself is read from that credential's record.
+/// A thread's entry: 32 bits of the hash of its id and its newest
+/// credential. The id itself is read from that credential's record.
 #[derive(Debug, Clone, Copy)]
 struct ThreadHead {
-    hash: u64,
-    newest: Handle,
+    tag: u32,
+    newest: SlotKey,
+}
+
+/// The part of a thread-id hash a [`ThreadHead`] keeps.
+fn thread_tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 /// A queued sweeper deadline, ordered by time only.
@@ -1009,7 +1042,7 @@ impl Store {
         let mut threads = shared.threads[thread_shard].write();
         let now = shared.clock.now();
         let head = shared.find_thread(&threads, hash, new.thread_id);
-        let mut older = head.map_or(Handle::NONE, |h| h.newest);
+        let mut older = head.map_or(SlotKey::NONE, |h| h.newest);
         let mut replaced = 0;
         if new.replace_previous && !older.is_none() {
             let mut kept = Vec::new();
@@ -1033,7 +1066,7 @@ impl Store {
                 }
             }
             shared.relink(&kept);
-            older = kept.first().copied().unwrap_or(Handle::NONE);
+            older = kept.first().map_or(SlotKey::NONE, |h| h.key());
         }
         let instance_generation = {
             let _counting = shared.generation_lock.read();
@@ -1049,7 +1082,7 @@ impl Store {
             instance_generation,
             created_at: now,
             last_used: AtomicU64::new(now),
-            older: AtomicU64::new(older.0),
+            older: AtomicU32::new(older.0),
         };
         let credential_id = record.credential_id;
         let deadlines = record.deadlines();
@@ -1063,15 +1096,16 @@ impl Store {
             handle
         };
         match head.and_then(|head| threads.heads.find_mut(hash, |h| h.newest == head.newest)) {
-            Some(entry) => entry.newest = handle,
+            Some(entry) => entry.newest = handle.key(),
             None => {
+                let rehash = |head: &ThreadHead| shared.rehash_thread(head);
                 threads.heads.insert_unique(
                     hash,
                     ThreadHead {
-                        hash,
-                        newest: handle,
+                        tag: thread_tag(hash),
+                        newest: handle.key(),
                     },
-                    |h| h.hash,
+                    rehash,
                 );
             }
         }
@@ -1276,7 +1310,7 @@ impl Store {
             .shared
             .records
             .iter()
-            .map(|s| s.read().by_credential.len())
+            .map(|s| s.read().by_credential.len)
             .sum();
         live + self.shared.dead_ids.len()
     }
@@ -1344,9 +1378,9 @@ impl Shared {
         threads
             .heads
             .find(hash, |head| {
-                head.hash == hash
+                head.tag == thread_tag(hash)
                     && self
-                        .with_record(head.newest, |r| *r.thread_id == *thread_id)
+                        .with_key(head.newest, |r| *r.thread_id == *thread_id)
                         .unwrap_or(false)
             })
             .copied()
@@ -1358,16 +1392,31 @@ impl Shared {
         shard.get(handle).map(read)
     }
 
+    /// Runs `read` on the record in the slot `key` names, under its shard's
+    /// read lock.
+    fn with_key<T>(&self, key: SlotKey, read: impl FnOnce(&Record) -> T) -> Option<T> {
+        let shard = self.records[key.shard()].read();
+        shard.at(key.slot()).map(read)
+    }
+
+    /// The hash of the thread a head belongs to, for its table to grow.
+    fn rehash_thread(&self, head: &ThreadHead) -> u64 {
+        self.with_key(head.newest, |r| self.thread_hash(&r.thread_id).0)
+            .unwrap_or(0)
+    }
+
     /// A thread's credentials from `newest` on, newest first. The caller
     /// holds the thread's shard lock, so the list does not change meanwhile.
-    fn chain(&self, newest: Handle) -> Vec<Handle> {
+    fn chain(&self, newest: SlotKey) -> Vec<Handle> {
         let mut chain = Vec::new();
         let mut next = newest;
         while !next.is_none() {
-            chain.push(next);
-            next = self
-                .with_record(next, |r| Handle(r.older.load(Ordering::Acquire)))
-                .unwrap_or(Handle::NONE);
+            let shard = self.records[next.shard()].read();
+            let Some(record) = shard.at(next.slot()) else {
+                break;
+            };
+            chain.push(shard.handle(next.shard(), next.slot()));
+            next = SlotKey(record.older.load(Ordering::Acquire));
         }
         chain
     }
@@ -1376,7 +1425,7 @@ impl Shared {
     /// thread's shard lock.
     fn relink(&self, kept: &[Handle]) {
         for (i, &handle) in kept.iter().enumerate() {
-            let older = kept.get(i + 1).copied().unwrap_or(Handle::NONE);
+            let older = kept.get(i + 1).map_or(SlotKey::NONE, |h| h.key());
             self.with_record(handle, |r| r.older.store(older.0, Ordering::Release));
         }
     }
@@ -1406,7 +1455,7 @@ impl Shared {
             match kept.first() {
                 Some(&newest) => {
                     if let Some(entry) = threads.heads.find_mut(hash, |h| h.newest == head.newest) {
-                        entry.newest = newest;
+                        entry.newest = newest.key();
                     }
                 }
                 None => {
