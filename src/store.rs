@@ -431,14 +431,19 @@ impl Hash for Class {
 /// `last_used + max_lifetime` since `last_used` only grows (mint counts as
 /// the first use). So a renewal writes one atomic, and only when the
 /// millisecond changed.
+///
+/// Laid out in declaration order: what every Resolve reads (the digest it
+/// compares, then the liveness fields) fills the first 64 bytes, so a check
+/// touches as few cache lines as the record's position allows.
+#[repr(C)]
 struct Record {
     digest: TokenDigest,
-    credential_id: CredentialId,
-    thread_id: Box<str>,
+    last_used: AtomicU64,
     class: Arc<Class>,
     instance_generation: u64,
     created_at: Millis,
-    last_used: AtomicU64,
+    credential_id: CredentialId,
+    thread_id: Box<str>,
     /// The thread's next older credential ([`SlotKey::NONE`] for none).
     /// Changed only under the thread's shard lock.
     older: AtomicU32,
@@ -649,7 +654,8 @@ impl RecordShard {
     /// The slot of the record with credential id `id`.
     fn credential_slot(&self, id: &CredentialId) -> Option<u32> {
         self.by_credential.find(credential_hash(id), |slot| {
-            self.at(slot).is_some_and(|record| record.credential_id == *id)
+            self.at(slot)
+                .is_some_and(|record| record.credential_id == *id)
         })
     }
 

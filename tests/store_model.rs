@@ -114,7 +114,10 @@ fn run(seed: u64, steps: usize) {
             }
             65..=72 => {
                 let thread = rng.below(THREADS);
-                let expected = model.iter().filter(|m| m.live && m.thread == thread).count();
+                let expected = model
+                    .iter()
+                    .filter(|m| m.live && m.thread == thread)
+                    .count();
                 let revoked = store.revoke_thread(&thread_name(thread));
                 assert_eq!(revoked as usize, expected, "{context}");
                 for m in model.iter_mut().filter(|m| m.thread == thread) {
@@ -164,7 +167,11 @@ fn run(seed: u64, steps: usize) {
     }
     // Every credential the model still calls live resolves; the rest do not.
     for m in &model {
-        assert_eq!(store.resolve(&m.digest, None).is_ok(), m.live, "seed {seed} at the end");
+        assert_eq!(
+            store.resolve(&m.digest, None).is_ok(),
+            m.live,
+            "seed {seed} at the end"
+        );
     }
     // Past every idle timeout, the sweeper leaves nothing behind.
     clock.advance(Duration::from_secs(31 * 60));
@@ -172,7 +179,10 @@ fn run(seed: u64, steps: usize) {
     assert_eq!(store.record_count(), 0, "seed {seed}");
     assert_eq!(store.queued_deadlines(), 0, "seed {seed}");
     for thread in 0..THREADS {
-        assert!(store.touch_thread(&thread_name(thread)).is_err(), "seed {seed}");
+        assert!(
+            store.touch_thread(&thread_name(thread)).is_err(),
+            "seed {seed}"
+        );
     }
 }
 

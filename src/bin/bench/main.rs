@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             connections: args.connections,
             streams: args.streams,
             rounds: args.rounds,
+            rps_per_connection: None,
         };
         network_bench::run(&server, load, &mut report)?;
     }
