@@ -8,6 +8,7 @@
 //! command line, [`telemetry`] logging and [`server`] the wiring that `main`
 //! and the tests share.
 
+pub mod allocator;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -9,6 +9,11 @@ use credential_authority::clock::SystemClock;
 use credential_authority::config::{Cli, Command};
 use credential_authority::{server, telemetry};
 
+/// See [`credential_authority::allocator`].
+#[global_allocator]
+static GLOBAL: credential_authority::allocator::Allocator =
+    credential_authority::allocator::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli {

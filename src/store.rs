@@ -447,6 +447,9 @@ struct Record {
     /// The thread's next older credential ([`SlotKey::NONE`] for none).
     /// Changed only under the thread's shard lock.
     older: AtomicU32,
+    /// The version of the slot holding it (see [`Handle`]); set by
+    /// [`RecordShard::insert`]. Fills what would be padding.
+    version: u32,
 }
 
 impl Record {
@@ -610,20 +613,25 @@ fn credential_hash(id: &CredentialId) -> u64 {
     ])
 }
 
-/// Records per slab chunk. Chunks are allocated whole and never moved or
-/// freed, so the slab grows without copying and without leaving the freed
-/// halves of doubled buffers behind as resident garbage.
+/// Records per slab chunk. A chunk's buffer is reserved whole and filled in
+/// place, never moved or freed, so the slab grows without copying and
+/// without leaving the freed halves of doubled buffers behind as resident
+/// garbage; pages not yet filled are not resident. 8192 records of 104 bytes
+/// are exactly 13 allocator slices of 64 KiB, so the allocator wastes
+/// nothing around them either.
 const CHUNK: usize = 1024;
 
 /// One shard of records: a slab and its indexes and deadline queue.
 #[derive(Default)]
 struct RecordShard {
-    /// The records in fixed-size chunks; `None` marks a free slot.
-    chunks: Vec<Box<[Option<Record>]>>,
-    /// Each slot's version (see [`Handle`]).
-    versions: Vec<u32>,
-    /// Free slots, reused before the slab grows.
-    free: Vec<u32>,
+    /// The records in chunks of [`CHUNK`] slots, filled in order; `None`
+    /// marks a free slot.
+    chunks: Vec<Vec<Option<Record>>>,
+    /// Slots handed out so far (in use or free).
+    allocated: u32,
+    /// Free slots with the version their next record gets, reused before
+    /// the slab grows. (A slot in use keeps its version in its record.)
+    free: Vec<(u32, u32)>,
     /// Slot numbers by digest; the digest itself is in the record.
     by_digest: SlotIndex,
     /// Slot numbers by credential id; the id itself is in the record.
@@ -636,7 +644,7 @@ impl RecordShard {
     /// The record in `slot`, if the slot is in use.
     fn at(&self, slot: u32) -> Option<&Record> {
         let slot = slot as usize;
-        self.chunks.get(slot / CHUNK)?[slot % CHUNK].as_ref()
+        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)?.as_ref()
     }
 
     fn at_mut(&mut self, slot: u32) -> &mut Option<Record> {
@@ -661,34 +669,35 @@ impl RecordShard {
 
     /// The handle of an occupied slot of shard number `shard`.
     fn handle(&self, shard: usize, slot: u32) -> Handle {
-        Handle::new(shard, slot, self.versions[slot as usize])
+        Handle::new(shard, slot, self.at(slot).map_or(0, |r| r.version))
     }
 
     /// The record `handle` names, if it is still there.
     fn get(&self, handle: Handle) -> Option<&Record> {
-        let slot = handle.slot();
-        if self.versions.get(slot as usize) != Some(&handle.version()) {
-            return None;
-        }
-        self.at(slot)
+        self.at(handle.slot())
+            .filter(|record| record.version == handle.version())
     }
 
-    fn insert(&mut self, shard: usize, record: Record) -> Handle {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
+    fn insert(&mut self, shard: usize, mut record: Record) -> Handle {
+        let (slot, version) = match self.free.pop() {
+            Some(free) => free,
             None => {
-                let slot = self.versions.len();
+                let slot = self.allocated as usize;
                 assert!(
                     slot < Handle::MAX_SLOTS,
                     "more than 2^24 credentials in one store shard"
                 );
                 if slot % CHUNK == 0 {
-                    self.chunks.push((0..CHUNK).map(|_| None).collect());
+                    self.chunks.push(Vec::with_capacity(CHUNK));
                 }
-                self.versions.push(1);
-                slot as u32
+                if let Some(chunk) = self.chunks.last_mut() {
+                    chunk.push(None);
+                }
+                self.allocated += 1;
+                (slot as u32, 1)
             }
         };
+        record.version = version;
         let (digest, credential) = (
             digest_hash(&record.digest),
             credential_hash(&record.credential_id),
@@ -728,14 +737,13 @@ impl RecordShard {
         by_credential.remove(credential_hash(&record.credential_id), slot, |s| {
             record_at(s).map_or(0, |r| credential_hash(&r.credential_id))
         });
-        let version = &mut self.versions[slot as usize];
-        *version = version.checked_add(1).unwrap_or(1);
-        self.free.push(slot);
+        self.free
+            .push((slot, record.version.checked_add(1).unwrap_or(1)));
         Some(record)
     }
 
     fn len(&self) -> usize {
-        self.versions.len() - self.free.len()
+        self.allocated as usize - self.free.len()
     }
 }
 
@@ -1089,6 +1097,7 @@ impl Store {
             created_at: now,
             last_used: AtomicU64::new(now),
             older: AtomicU32::new(older.0),
+            version: 0,
         };
         let credential_id = record.credential_id;
         let deadlines = record.deadlines();

@@ -18,6 +18,12 @@ use clap::Parser;
 use crate::report::Report;
 use crate::store_bench::StorePlan;
 
+/// The allocator the server binary ships with, so the store is measured as
+/// it runs there.
+#[global_allocator]
+static GLOBAL: credential_authority::allocator::Allocator =
+    credential_authority::allocator::Allocator;
+
 /// Benchmarks of the credential authority.
 #[derive(Debug, Parser)]
 struct Args {
