@@ -2,7 +2,7 @@
 //! the first allocation.
 //!
 //! Every RPC allocates a few small buffers (HTTP/2 frames, the request, the
-//! response strings). Under h2load, mimalloc served 18-22% more Health,
+//! response strings). Under h2load, mimalloc served 15-20% more Health,
 //! Resolve and Mint calls per second than glibc's malloc on the same
 //! machine, and it did not slow down as the store grew, as glibc's did.
 //!
