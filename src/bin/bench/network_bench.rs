@@ -18,7 +18,7 @@ use credential_authority::pb::credential_authority_client::CredentialAuthorityCl
 use credential_authority::pb::{MintRequest, ResolveRequest};
 use prost::Message as _;
 
-use crate::report::{median, percentile, Figure, Report};
+use crate::report::{percentile, Figure, Report};
 
 /// The shape of the offered load.
 #[derive(Debug, Clone, Copy)]
@@ -361,15 +361,9 @@ fn network_checks(report: &mut Report, scope: &str, fixed_scope: &str, load: Loa
 
 /// The round with the median throughput, as a figure.
 fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) -> Figure {
-    let ops = median(rounds.len(), {
-        let mut it = rounds.iter();
-        move || it.next().map_or(0.0, |r| r.ops_per_sec)
-    });
-    let chosen = rounds
-        .iter()
-        .find(|r| r.ops_per_sec == ops)
-        .copied()
-        .unwrap_or(rounds[0]);
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    let chosen = sorted[sorted.len() / 2];
     Figure {
         scope: scope.to_owned(),
         what: what.to_owned(),
