@@ -33,12 +33,7 @@ impl RequestId {
     fn generate() -> Self {
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
-        let mut text = [0u8; 32];
-        for (i, byte) in bytes.iter().enumerate() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            text[2 * i] = HEX[usize::from(byte >> 4)];
-            text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-        }
+        let text = crate::token::hex16(&bytes);
         RequestId(HeaderValue::from_bytes(&text).expect("hex is a valid header value"))
     }
 

@@ -576,7 +576,8 @@ impl Handle {
 struct SlotKey(u32);
 
 impl SlotKey {
-    /// The end of a list (no shard has 256 shards' worth of index).
+    /// The end of a list: shard 255, slot 2^24 - 1, which never exist
+    /// ([`SHARDS`] is 64 and [`Handle::MAX_SLOTS`] stops one short).
     const NONE: SlotKey = SlotKey(u32::MAX);
 
     fn shard(self) -> usize {
@@ -597,33 +598,32 @@ fn shard_of_digest(digest: &TokenDigest) -> usize {
     usize::from(digest.as_bytes()[8]) % SHARDS
 }
 
-/// The in-shard hash of a digest (uniform already).
+/// The in-shard hash of a digest (uniform already): its first 8 bytes.
 fn digest_hash(digest: &TokenDigest) -> u64 {
-    let bytes = digest.as_bytes();
-    u64::from_le_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ])
+    leading_word(digest.as_bytes())
 }
 
-/// The in-shard hash of a credential id (random bytes already).
+/// The in-shard hash of a credential id (random bytes already): its first
+/// 8 bytes.
 fn credential_hash(id: &CredentialId) -> u64 {
-    let bytes = id.as_bytes();
-    u64::from_le_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ])
+    leading_word(id.as_bytes())
 }
 
-/// Records per slab chunk. A chunk's buffer is reserved whole and filled in
-/// place, never moved or freed, so the slab grows without copying and
-/// without leaving the freed halves of doubled buffers behind as resident
-/// garbage; pages not yet filled are not resident. 8192 records of 104 bytes
-/// are exactly 13 allocator slices of 64 KiB, so the allocator wastes
-/// nothing around them either.
+fn leading_word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+/// Records per slab chunk (104 KiB). A chunk's buffer is reserved whole and
+/// filled in place, never moved or freed, so the slab grows without copying
+/// and without leaving the freed halves of doubled buffers behind as
+/// resident garbage; pages not yet filled are not resident.
 const CHUNK: usize = 1024;
 
-/// One shard of records: a slab and its indexes and deadline queue.
+/// The records of one shard, densely, by slot number.
 #[derive(Default)]
-struct RecordShard {
+struct Slab {
     /// The records in chunks of [`CHUNK`] slots, filled in order; `None`
     /// marks a free slot.
     chunks: Vec<Vec<Option<Record>>>,
@@ -632,6 +632,58 @@ struct RecordShard {
     /// Free slots with the version their next record gets, reused before
     /// the slab grows. (A slot in use keeps its version in its record.)
     free: Vec<(u32, u32)>,
+}
+
+impl Slab {
+    /// The record in `slot`, if the slot is in use.
+    fn at(&self, slot: u32) -> Option<&Record> {
+        let slot = slot as usize;
+        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)?.as_ref()
+    }
+
+    /// Stores `record` in a free or new slot; returns the slot.
+    fn insert(&mut self, mut record: Record) -> u32 {
+        let (slot, version) = match self.free.pop() {
+            Some(free) => free,
+            None => {
+                let slot = self.allocated as usize;
+                assert!(
+                    slot < Handle::MAX_SLOTS,
+                    "more than 2^24 credentials in one store shard"
+                );
+                if slot % CHUNK == 0 {
+                    self.chunks.push(Vec::with_capacity(CHUNK));
+                }
+                self.allocated += 1;
+                (slot as u32, 1)
+            }
+        };
+        record.version = version;
+        let chunk = &mut self.chunks[slot as usize / CHUNK];
+        match chunk.get_mut(slot as usize % CHUNK) {
+            Some(free) => *free = Some(record),
+            None => chunk.push(Some(record)),
+        }
+        slot
+    }
+
+    /// Takes the record out of `slot` and frees the slot.
+    fn take(&mut self, slot: u32) -> Option<Record> {
+        let record = self.chunks[slot as usize / CHUNK][slot as usize % CHUNK].take()?;
+        self.free
+            .push((slot, record.version.checked_add(1).unwrap_or(1)));
+        Some(record)
+    }
+
+    fn len(&self) -> usize {
+        self.allocated as usize - self.free.len()
+    }
+}
+
+/// One shard of records: a slab and its indexes and deadline queue.
+#[derive(Default)]
+struct RecordShard {
+    slab: Slab,
     /// Slot numbers by digest; the digest itself is in the record.
     by_digest: SlotIndex,
     /// Slot numbers by credential id; the id itself is in the record.
@@ -643,13 +695,7 @@ struct RecordShard {
 impl RecordShard {
     /// The record in `slot`, if the slot is in use.
     fn at(&self, slot: u32) -> Option<&Record> {
-        let slot = slot as usize;
-        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)?.as_ref()
-    }
-
-    fn at_mut(&mut self, slot: u32) -> &mut Option<Record> {
-        let slot = slot as usize;
-        &mut self.chunks[slot / CHUNK][slot % CHUNK]
+        self.slab.at(slot)
     }
 
     /// The slot of the record under `digest`.
@@ -678,44 +724,19 @@ impl RecordShard {
             .filter(|record| record.version == handle.version())
     }
 
-    fn insert(&mut self, shard: usize, mut record: Record) -> Handle {
-        let (slot, version) = match self.free.pop() {
-            Some(free) => free,
-            None => {
-                let slot = self.allocated as usize;
-                assert!(
-                    slot < Handle::MAX_SLOTS,
-                    "more than 2^24 credentials in one store shard"
-                );
-                if slot % CHUNK == 0 {
-                    self.chunks.push(Vec::with_capacity(CHUNK));
-                }
-                if let Some(chunk) = self.chunks.last_mut() {
-                    chunk.push(None);
-                }
-                self.allocated += 1;
-                (slot as u32, 1)
-            }
-        };
-        record.version = version;
+    fn insert(&mut self, shard: usize, record: Record) -> Handle {
         let (digest, credential) = (
             digest_hash(&record.digest),
             credential_hash(&record.credential_id),
         );
-        let RecordShard {
-            chunks,
-            by_digest,
-            by_credential,
-            ..
-        } = self;
-        let record_at = |s: u32| chunks[s as usize / CHUNK][s as usize % CHUNK].as_ref();
-        by_digest.insert(digest, slot, |s| {
-            record_at(s).map_or(0, |r| digest_hash(&r.digest))
+        let slot = self.slab.insert(record);
+        let slab = &self.slab;
+        self.by_digest.insert(digest, slot, |s| {
+            slab.at(s).map_or(0, |r| digest_hash(&r.digest))
         });
-        by_credential.insert(credential, slot, |s| {
-            record_at(s).map_or(0, |r| credential_hash(&r.credential_id))
+        self.by_credential.insert(credential, slot, |s| {
+            slab.at(s).map_or(0, |r| credential_hash(&r.credential_id))
         });
-        *self.at_mut(slot) = Some(record);
         self.handle(shard, slot)
     }
 
@@ -723,32 +744,27 @@ impl RecordShard {
     fn remove(&mut self, handle: Handle) -> Option<Record> {
         self.get(handle)?;
         let slot = handle.slot();
-        let record = self.at_mut(slot).take()?;
-        let RecordShard {
-            chunks,
-            by_digest,
-            by_credential,
-            ..
-        } = self;
-        let record_at = |s: u32| chunks[s as usize / CHUNK][s as usize % CHUNK].as_ref();
-        by_digest.remove(digest_hash(&record.digest), slot, |s| {
-            record_at(s).map_or(0, |r| digest_hash(&r.digest))
-        });
-        by_credential.remove(credential_hash(&record.credential_id), slot, |s| {
-            record_at(s).map_or(0, |r| credential_hash(&r.credential_id))
-        });
-        self.free
-            .push((slot, record.version.checked_add(1).unwrap_or(1)));
+        let record = self.slab.take(slot)?;
+        let slab = &self.slab;
+        self.by_digest
+            .remove(digest_hash(&record.digest), slot, |s| {
+                slab.at(s).map_or(0, |r| digest_hash(&r.digest))
+            });
+        self.by_credential
+            .remove(credential_hash(&record.credential_id), slot, |s| {
+                slab.at(s).map_or(0, |r| credential_hash(&r.credential_id))
+            });
         Some(record)
     }
 
     fn len(&self) -> usize {
-        self.allocated as usize - self.free.len()
+        self.slab.len()
     }
 }
 
-/// The digest index of a record shard: an open-addressing table of slot
-/// numbers with an 8-bit tag each, probed linearly. One probe usually reads
+/// An index of a record shard (by digest, by credential id): an
+/// open-addressing table of slot numbers with an 8-bit tag each, probed
+/// linearly. One probe usually reads
 /// one cache line of the table (16 entries) and then the record, where a
 /// general-purpose table reads its control bytes, then its slot, then the
 /// record: at millions of credentials each of those is a cache miss, and
@@ -1070,11 +1086,7 @@ impl Store {
                     kept.push(handle);
                     continue;
                 }
-                let (outcome, removed) =
-                    shared.retire(handle, now, Some(RevocationCause::Replaced));
-                if let Some(removed) = removed {
-                    shared.after_removal(removed);
-                }
+                let outcome = shared.retire(handle, now, Some(RevocationCause::Replaced));
                 if let Retired::RevokedLive = outcome {
                     replaced += 1;
                 }
@@ -1110,20 +1122,7 @@ impl Store {
             }));
             handle
         };
-        match head.and_then(|head| threads.heads.find_mut(hash, |h| h.newest == head.newest)) {
-            Some(entry) => entry.newest = handle.key(),
-            None => {
-                let rehash = |head: &ThreadHead| shared.rehash_thread(head);
-                threads.heads.insert_unique(
-                    hash,
-                    ThreadHead {
-                        tag: thread_tag(hash),
-                        newest: handle.key(),
-                    },
-                    rehash,
-                );
-            }
-        }
+        shared.set_head(&mut threads, hash, head.map(|h| h.newest), handle.key());
         drop(threads);
         if deadlines.idle_expires_at < shared.sweeper_wakes_at.load(Ordering::Acquire) {
             shared.sweeper_wakeup.notify_one();
@@ -1243,17 +1242,12 @@ impl Store {
         let chain = shared.chain(head.newest);
         let mut revoked = 0;
         for handle in chain {
-            let (outcome, removed) = shared.retire(handle, now, Some(RevocationCause::Thread));
-            if let Some(removed) = removed {
-                shared.after_removal(removed);
-            }
-            if let Retired::RevokedLive = outcome {
+            if let Retired::RevokedLive = shared.retire(handle, now, Some(RevocationCause::Thread))
+            {
                 revoked += 1;
             }
         }
-        if let Ok(entry) = threads.heads.find_entry(hash, |h| h.newest == head.newest) {
-            entry.remove();
-        }
+        shared.set_head(&mut threads, hash, Some(head.newest), SlotKey::NONE);
         revoked
     }
 
@@ -1460,29 +1454,55 @@ impl Shared {
             return Retired::Absent;
         };
         let chain = self.chain(head.newest);
-        if !chain.contains(&handle) {
+        let Some(position) = chain.iter().position(|&h| h == handle) else {
             return Retired::Absent;
-        }
-        let (outcome, removed) = self.retire(handle, self.clock.now(), revoke);
-        if let Some(removed) = removed {
-            let kept: Vec<Handle> = chain.into_iter().filter(|&h| h != handle).collect();
-            self.relink(&kept);
-            match kept.first() {
-                Some(&newest) => {
-                    if let Some(entry) = threads.heads.find_mut(hash, |h| h.newest == head.newest) {
-                        entry.newest = newest.key();
-                    }
-                }
-                None => {
-                    if let Ok(entry) = threads.heads.find_entry(hash, |h| h.newest == head.newest) {
-                        entry.remove();
-                    }
+        };
+        let outcome = self.retire(handle, self.clock.now(), revoke);
+        if let Retired::RevokedLive | Retired::RemovedDead = outcome {
+            // Only the link that pointed at the removed record changes.
+            let older = chain.get(position + 1).map_or(SlotKey::NONE, |h| h.key());
+            match position.checked_sub(1) {
+                None => self.set_head(&mut threads, hash, Some(head.newest), older),
+                Some(newer) => {
+                    self.with_record(chain[newer], |r| r.older.store(older.0, Ordering::Release));
                 }
             }
-            drop(threads);
-            self.after_removal(removed);
         }
         outcome
+    }
+
+    /// Makes `newest` the head of the thread whose head was `previous`
+    /// (`None`: the thread had no entry); [`SlotKey::NONE`] drops the entry.
+    fn set_head(
+        &self,
+        threads: &mut ThreadShard,
+        hash: u64,
+        previous: Option<SlotKey>,
+        newest: SlotKey,
+    ) {
+        let entry = previous.and_then(|previous| {
+            threads
+                .heads
+                .find_entry(hash, |h| h.newest == previous)
+                .ok()
+        });
+        match (entry, newest.is_none()) {
+            (Some(entry), true) => {
+                entry.remove();
+            }
+            (Some(mut entry), false) => entry.get_mut().newest = newest,
+            (None, true) => {}
+            (None, false) => {
+                threads.heads.insert_unique(
+                    hash,
+                    ThreadHead {
+                        tag: thread_tag(hash),
+                        newest,
+                    },
+                    |head| self.rehash_thread(head),
+                );
+            }
+        }
     }
 
     /// Why an absent digest fails: its tombstone's reason, or unknown.
@@ -1502,31 +1522,25 @@ impl Shared {
     }
 
     /// Removes the record `handle` names if it is dead, or if `revoke` is
-    /// given, leaving a tombstone. The caller holds the record's thread shard
-    /// lock and takes the record out of the thread's list.
+    /// given, leaving a tombstone, and releases what it held. The caller
+    /// holds the record's thread shard lock and takes the record out of the
+    /// thread's list.
     ///
     /// The tombstone is written under the record's shard lock, before the
     /// record disappears, so a Resolve that misses the record always finds
     /// the tombstone. Removal and the live count change together with
     /// respect to RevokeAll, so a credential is counted by exactly one
     /// revocation.
-    fn retire(
-        &self,
-        handle: Handle,
-        now: Millis,
-        revoke: Option<RevocationCause>,
-    ) -> (Retired, Option<Record>) {
-        let _counting = self.generation_lock.read();
+    fn retire(&self, handle: Handle, now: Millis, revoke: Option<RevocationCause>) -> Retired {
+        let counting = self.generation_lock.read();
         let mut shard = self.records[handle.shard()].write();
         let Some(record) = shard.get(handle) else {
-            return (Retired::Absent, None);
+            return Retired::Absent;
         };
         let (reason, was_live) = match (record.death(now), revoke) {
             (Some(reason), _) => (reason, false),
             (None, Some(cause)) => (DeathReason::Revoked(cause), true),
-            (None, None) => {
-                return (Retired::StillLive(record.deadlines().idle_expires_at), None);
-            }
+            (None, None) => return Retired::StillLive(record.deadlines().idle_expires_at),
         };
         self.tombstones.record(
             record.digest,
@@ -1539,17 +1553,20 @@ impl Shared {
             record.class.instance.live.fetch_sub(1, Ordering::AcqRel);
         }
         let removed = shard.remove(handle);
-        let outcome = if was_live {
+        drop((shard, counting));
+        if let Some(removed) = removed {
+            self.release(removed);
+        }
+        if was_live {
             Retired::RevokedLive
         } else {
             Retired::RemovedDead
-        };
-        (outcome, removed)
+        }
     }
 
     /// Lets go of a removed record's class and provider instance when no
     /// other record uses them.
-    fn after_removal(&self, record: Record) {
+    fn release(&self, record: Record) {
         let class = record.class.clone();
         drop(record);
         // Unused classes and instances go: when only the map (and `class`

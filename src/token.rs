@@ -239,15 +239,23 @@ impl fmt::Display for CredentialId {
     /// answer and log line, and formatting byte by byte cost more than the
     /// store lookup.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = [0u8; 5 + 32];
         text[..5].copy_from_slice(b"cred_");
-        for (i, byte) in self.0.iter().enumerate() {
-            text[5 + 2 * i] = HEX[usize::from(byte >> 4)];
-            text[6 + 2 * i] = HEX[usize::from(byte & 0xf)];
-        }
+        text[5..].copy_from_slice(&hex16(&self.0));
         f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
+}
+
+/// 16 bytes as 32 lowercase hex digits, without the formatting machinery:
+/// credential ids and generated request ids are written on every call.
+pub(crate) fn hex16(bytes: &[u8; 16]) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, byte) in bytes.iter().enumerate() {
+        text[2 * i] = HEX[usize::from(byte >> 4)];
+        text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    text
 }
 
 impl fmt::Debug for CredentialId {
