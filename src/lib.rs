@@ -2,13 +2,14 @@
 //! that AI coding-agent sessions use to call a host's MCP tools.
 //!
 //! The crate is laid out one module per concern: [`pb`] is the generated
-//! contract, [`token`] the token format, [`clock`] injected time, [`store`] the
+//! contract, [`token`] the token format, [`auth`] callers and their keys, [`clock`] injected time, [`store`] the
 //! embedded store, [`validate`] request checking, [`error`] typed failures,
 //! [`service`] the gRPC service, [`request_id`] per-call ids, [`config`] the
 //! command line, [`telemetry`] logging and [`server`] the wiring that `main`
 //! and the tests share.
 
 pub mod allocator;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

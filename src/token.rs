@@ -22,7 +22,7 @@ const SECRET_LEN: usize = 43;
 /// Characters of URL-safe base64 that encode the 32-bit checksum.
 const CHECKSUM_LEN: usize = 6;
 /// The exact length of a well-formed token.
-pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + SECRET_LEN + CHECKSUM_LEN;
+pub const TOKEN_LEN: usize = TOKEN_FORMAT.len();
 
 /// A freshly generated bearer token. Deliberately not `Debug` or `Display`,
 /// so it cannot be formatted into a log line by accident.
@@ -37,13 +37,7 @@ impl Token {
     pub fn generate() -> Self {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        let mut token = String::with_capacity(TOKEN_LEN);
-        token.push_str(TOKEN_PREFIX);
-        URL_SAFE_NO_PAD.encode_string(secret, &mut token);
-        let checksum = crc32fast::hash(&token.as_bytes()[TOKEN_PREFIX.len()..]);
-        URL_SAFE_NO_PAD.encode_string(checksum.to_be_bytes(), &mut token);
-        debug_assert_eq!(token.len(), TOKEN_LEN);
-        Token(token)
+        Token(TOKEN_FORMAT.encode(&secret))
     }
 
     /// The token text, to hand to the caller exactly once.
@@ -62,6 +56,92 @@ impl Token {
     }
 }
 
+/// The format of tokens.
+const TOKEN_FORMAT: SecretFormat = SecretFormat {
+    prefix: TOKEN_PREFIX,
+};
+
+/// The fixed prefix of every caller key (see [`crate::auth::key`]): tokens
+/// and keys share one format with different prefixes, so a secret scanner
+/// finds both and each can be told from the other when sent in the wrong
+/// place.
+pub const CALLER_KEY_PREFIX: &str = "mcpck_";
+
+/// How an HTTP `Authorization` value starts; a token pasted with it is the
+/// most common wrong input.
+const BEARER_PREFIX: &str = "Bearer ";
+
+/// The shape shared by tokens and caller keys: a fixed prefix, 43 URL-safe
+/// base64 characters carrying 256 secret bits, and 6 characters of CRC-32
+/// over them. Written once for both so they cannot drift apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SecretFormat {
+    /// The fixed prefix.
+    pub(crate) prefix: &'static str,
+}
+
+/// Why a string does not have a [`SecretFormat`]'s shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Wrong length.
+    Length,
+    /// Wrong prefix.
+    Prefix,
+    /// A character outside URL-safe base64.
+    Alphabet,
+    /// The checksum does not match.
+    Checksum,
+}
+
+impl SecretFormat {
+    /// The exact length of a well-formed secret.
+    pub(crate) const fn len(&self) -> usize {
+        self.prefix.len() + SECRET_LEN + CHECKSUM_LEN
+    }
+
+    /// The text of the secret `bytes`.
+    pub(crate) fn encode(&self, bytes: &[u8; 32]) -> String {
+        let mut text = String::with_capacity(self.len());
+        text.push_str(self.prefix);
+        URL_SAFE_NO_PAD.encode_string(bytes, &mut text);
+        let checksum = crc32fast::hash(&text.as_bytes()[self.prefix.len()..]);
+        URL_SAFE_NO_PAD.encode_string(checksum.to_be_bytes(), &mut text);
+        debug_assert_eq!(text.len(), self.len());
+        text
+    }
+
+    /// Checks length, prefix, alphabet and checksum, in that order, without
+    /// any lookup. Never looks at more than the bytes it is given.
+    pub(crate) fn check(&self, presented: &str) -> Result<(), Shape> {
+        let bytes = presented.as_bytes();
+        if bytes.len() != self.len() {
+            return Err(Shape::Length);
+        }
+        if !bytes.starts_with(self.prefix.as_bytes()) {
+            return Err(Shape::Prefix);
+        }
+        let body = &bytes[self.prefix.len()..];
+        // OR of all values: has the marker's bits set iff some byte is foreign.
+        let invalid = body
+            .iter()
+            .fold(0u8, |acc, &b| acc | (BASE64URL_VALUES[b as usize] & 0xC0));
+        if invalid != 0 {
+            return Err(Shape::Alphabet);
+        }
+        let (secret, checksum_text) = body.split_at(SECRET_LEN);
+        // 6 characters carry 36 bits: the 32-bit checksum, then 4 bits that
+        // must be zero so that exactly one spelling of each secret is
+        // accepted.
+        let bits = checksum_text.iter().fold(0u64, |acc, &b| {
+            (acc << 6) | u64::from(BASE64URL_VALUES[b as usize])
+        });
+        if bits & 0xF != 0 || (bits >> 4) as u32 != crc32fast::hash(secret) {
+            return Err(Shape::Checksum);
+        }
+        Ok(())
+    }
+}
+
 /// Why a presented string is not a token of this service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MalformedToken {
@@ -77,6 +157,19 @@ pub enum MalformedToken {
     /// The checksum does not match the secret: a typo or a forged token.
     #[error("token checksum does not match")]
     Checksum,
+    /// A token pasted with the `Bearer ` of an Authorization header.
+    #[error(
+        "token starts with `Bearer `: send the token alone, exactly as Mint returned it, \
+         without the prefix of an Authorization header"
+    )]
+    BearerPrefix,
+    /// A caller key sent where a token belongs.
+    #[error(
+        "this is a caller key (`{CALLER_KEY_PREFIX}`), not a credential token (`{TOKEN_PREFIX}`): \
+         a caller authenticates with its key in the `authorization` metadata, and \
+         Resolve's `token` field takes the agent's token"
+    )]
+    CallerKey,
 }
 
 /// Marks a byte outside URL-safe base64 in [`BASE64URL_VALUES`].
@@ -99,31 +192,31 @@ const BASE64URL_VALUES: [u8; 256] = {
 ///
 /// The error never contains the presented text.
 pub fn parse(presented: &str) -> Result<TokenDigest, MalformedToken> {
-    let bytes = presented.as_bytes();
-    if bytes.len() != TOKEN_LEN {
-        return Err(MalformedToken::Length);
+    match TOKEN_FORMAT.check(presented) {
+        Ok(()) => Ok(TokenDigest::of(presented)),
+        Err(shape) => Err(misplaced(presented).unwrap_or(match shape {
+            Shape::Length => MalformedToken::Length,
+            Shape::Prefix => MalformedToken::Prefix,
+            Shape::Alphabet => MalformedToken::Alphabet,
+            Shape::Checksum => MalformedToken::Checksum,
+        })),
     }
-    if !bytes.starts_with(TOKEN_PREFIX.as_bytes()) {
-        return Err(MalformedToken::Prefix);
+}
+
+/// A well-known wrong input, named so the caller learns what to fix:
+/// a token behind `Bearer `, or a caller key. Looked at only on failure.
+fn misplaced(presented: &str) -> Option<MalformedToken> {
+    let rest = presented.strip_prefix(BEARER_PREFIX);
+    if rest.is_some_and(|token| TOKEN_FORMAT.check(token.trim()).is_ok()) {
+        return Some(MalformedToken::BearerPrefix);
     }
-    let body = &bytes[TOKEN_PREFIX.len()..];
-    // OR of all values: has the marker's bits set iff some byte is foreign.
-    let invalid = body
-        .iter()
-        .fold(0u8, |acc, &b| acc | (BASE64URL_VALUES[b as usize] & 0xC0));
-    if invalid != 0 {
-        return Err(MalformedToken::Alphabet);
-    }
-    let (secret, checksum_text) = body.split_at(SECRET_LEN);
-    // 6 characters carry 36 bits: the 32-bit checksum, then 4 bits that must
-    // be zero so that exactly one spelling of each token is accepted.
-    let bits = checksum_text.iter().fold(0u64, |acc, &b| {
-        (acc << 6) | u64::from(BASE64URL_VALUES[b as usize])
-    });
-    if bits & 0xF != 0 || (bits >> 4) as u32 != crc32fast::hash(secret) {
-        return Err(MalformedToken::Checksum);
-    }
-    Ok(TokenDigest::of(presented))
+    let candidate = rest.unwrap_or(presented).trim();
+    let key = SecretFormat {
+        prefix: CALLER_KEY_PREFIX,
+    };
+    key.check(candidate)
+        .is_ok()
+        .then_some(MalformedToken::CallerKey)
 }
 
 /// The SHA-256 of a token: what the store keeps instead of the token.
@@ -322,6 +415,23 @@ mod tests {
         );
         let multibyte = format!("{}é", &token[..TOKEN_LEN - 2]);
         assert_eq!(parse(&multibyte), Err(MalformedToken::Alphabet));
+    }
+
+    #[test]
+    fn a_token_behind_bearer_is_named_as_such() {
+        let token = Token::generate().into_string();
+        assert_eq!(
+            parse(&format!("Bearer {token}")),
+            Err(MalformedToken::BearerPrefix)
+        );
+        assert!(MalformedToken::BearerPrefix
+            .to_string()
+            .contains("without the prefix"));
+        // Garbage behind `Bearer ` is just garbage.
+        assert_eq!(
+            parse(&format!("Bearer {}", &token[1..])),
+            Err(MalformedToken::Length)
+        );
     }
 
     #[test]
