@@ -651,7 +651,7 @@ impl Slab {
                     slot < Handle::MAX_SLOTS,
                     "more than 2^24 credentials in one store shard"
                 );
-                if slot % CHUNK == 0 {
+                if slot.is_multiple_of(CHUNK) {
                     self.chunks.push(Vec::with_capacity(CHUNK));
                 }
                 self.allocated += 1;
