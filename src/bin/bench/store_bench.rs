@@ -378,9 +378,9 @@ pub(crate) fn expiry_storm(size: usize, ops_cap: usize, report: &mut Report) {
 
 /// "1K", "1M", "10M".
 pub(crate) fn count(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1_000 && n % 1_000 == 0 {
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{}K", n / 1_000)
     } else {
         n.to_string()
