@@ -5,10 +5,11 @@
 //! contract, [`token`] the token format, [`auth`] callers and their keys, [`clock`] injected time, [`store`] the
 //! embedded store, [`validate`] request checking, [`error`] typed failures,
 //! [`service`] the gRPC service, [`request_id`] per-call ids, [`config`] the
-//! command line, [`telemetry`] logging and [`server`] the wiring that `main`
-//! and the tests share.
+//! command line, [`telemetry`] logging, [`audit`] the audit trail and
+//! [`server`] the wiring that `main` and the tests share.
 
 pub mod allocator;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
