@@ -2,7 +2,8 @@
 //! that AI coding-agent sessions use to call a host's MCP tools.
 //!
 //! The crate is laid out one module per concern: [`pb`] is the generated
-//! contract, [`token`] the token format, [`auth`] callers and their keys, [`clock`] injected time, [`store`] the
+//! contract, [`token`] the token format, [`auth`] callers and their keys, [`state_dir`] where the callers file
+//! and the first admin key live, [`clock`] injected time, [`store`] the
 //! embedded store, [`validate`] request checking, [`error`] typed failures,
 //! [`service`] the gRPC service, [`request_id`] per-call ids, [`config`] the
 //! command line, [`telemetry`] logging, [`audit`] the audit trail and
@@ -17,6 +18,7 @@ pub mod error;
 pub mod request_id;
 pub mod server;
 pub mod service;
+pub mod state_dir;
 pub mod store;
 pub mod telemetry;
 pub mod token;

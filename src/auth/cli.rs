@@ -1,0 +1,484 @@
+//! `callers`: add callers and keys, rotate and remove keys, list callers.
+//!
+//! It edits the file the server reads: `--callers`, or else `callers.toml`
+//! in the state directory, resolved exactly as the server resolves them. A
+//! new key is printed once and only its digest is written; a running server
+//! picks changes up on SIGHUP.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+
+use super::file::{self, CallersFile, CallersFileError, Role};
+use super::key::CallerKey;
+use crate::state_dir::{self, parent_dir, StateDirError, CALLERS_FILE};
+
+/// The `callers` subcommand: what to do, and which file to do it to.
+#[derive(Debug, clap::Args)]
+pub struct CallersArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CallersCommand,
+
+    /// The callers file; takes precedence over --state-dir.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "CREDENTIAL_AUTHORITY_CALLERS",
+        global = true
+    )]
+    pub callers: Option<PathBuf>,
+
+    /// The state directory, whose callers.toml is edited unless --callers
+    /// is given [default: $XDG_STATE_HOME/credential-authority, else
+    /// ~/.local/state/credential-authority].
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CREDENTIAL_AUTHORITY_STATE_DIR",
+        global = true
+    )]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The `callers` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CallersCommand {
+    /// Add a caller with a new key, and print the key once.
+    Add {
+        /// The caller's name (1-64 of A-Z a-z 0-9 _ . -), shown in logs.
+        name: String,
+        /// What it may do: mint, resolve, admin (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<Role>,
+    },
+    /// Give an existing caller a new key, and print it once. To rotate: add
+    /// a key, move the caller to it, then remove the old one.
+    AddKey {
+        /// The caller's name.
+        name: String,
+    },
+    /// Remove one key of a caller.
+    RemoveKey {
+        /// The caller's name.
+        name: String,
+        /// The key's id, as `callers list` shows it.
+        key_id: String,
+    },
+    /// List callers with their roles, key ids and SANs (never keys or
+    /// digests).
+    List,
+}
+
+/// Why a `callers` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The callers file could not be read, or the edit was refused.
+    #[error(transparent)]
+    File(#[from] CallersFileError),
+    /// The state directory could not be found or is not private.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// The operating system's random source failed.
+    #[error("cannot generate a caller key: {0}")]
+    KeyGeneration(rand::rand_core::OsError),
+    /// The key was written to the file, but printing it failed: nobody has
+    /// it, so it should be removed.
+    #[error(
+        "key `{key_id}` was added to caller `{name}` but could not be printed ({source}): \
+         remove it with `callers remove-key {name} {key_id}` and add another"
+    )]
+    KeyNotShown {
+        /// The caller.
+        name: String,
+        /// The id of the key nobody has.
+        key_id: String,
+        /// Why printing failed.
+        source: io::Error,
+    },
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[source] io::Error),
+}
+
+/// Runs a `callers` command, writing what it has to say (a new key, the
+/// list, warnings) to `out`.
+pub fn run(args: &CallersArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = callers_path(args, out)?;
+    match &args.command {
+        CallersCommand::Add { name, roles } => {
+            let key = CallerKey::generate().map_err(CliError::KeyGeneration)?;
+            let key_id = file::new_key_id();
+            file::add_caller(&path, name, roles, &key_id, &key.digest())?;
+            show_key(out, name, &key_id, &key)
+        }
+        CallersCommand::AddKey { name } => {
+            let key = CallerKey::generate().map_err(CliError::KeyGeneration)?;
+            let key_id = file::new_key_id();
+            file::add_key(&path, name, &key_id, &key.digest())?;
+            show_key(out, name, &key_id, &key)
+        }
+        CallersCommand::RemoveKey { name, key_id } => {
+            file::remove_key(&path, name, key_id)?;
+            writeln!(
+                out,
+                "Removed key {key_id} of caller {name}. A running server stops accepting it on \
+                 SIGHUP (kill -HUP <pid>)."
+            )
+            .map_err(CliError::Output)
+        }
+        CallersCommand::List => list(&file::load(&path)?, out).map_err(CliError::Output),
+    }
+}
+
+/// The callers file the server reads: `--callers`, else `callers.toml` in
+/// the state directory, which must be private (and is created so). An
+/// explicit file's directory is created private if missing; if it exists
+/// and group or others may write it, a warning goes to `out`.
+fn callers_path(args: &CallersArgs, out: &mut dyn Write) -> Result<PathBuf, CliError> {
+    let Some(path) = &args.callers else {
+        let dir = match &args.state_dir {
+            Some(dir) => dir.clone(),
+            None => state_dir::default_state_dir()?,
+        };
+        state_dir::ensure_private_dir(&dir)?;
+        return Ok(dir.join(CALLERS_FILE));
+    };
+    let dir = parent_dir(path);
+    match fs::metadata(dir) {
+        Ok(meta) if meta.mode() & 0o022 != 0 => writeln!(
+            out,
+            "warning: {} may be written by group or others (mode {:04o}), who could replace \
+             the callers file; run `chmod go-w {}`",
+            dir.display(),
+            meta.mode() & 0o7777,
+            dir.display()
+        )
+        .map_err(CliError::Output)?,
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            state_dir::ensure_private_dir(dir)?
+        }
+        Err(source) => {
+            return Err(StateDirError::Io {
+                action: "inspect",
+                path: dir.to_owned(),
+                source,
+            }
+            .into())
+        }
+    }
+    Ok(path.clone())
+}
+
+/// Prints a new key, the only time it is ever shown.
+fn show_key(
+    out: &mut dyn Write,
+    name: &str,
+    key_id: &str,
+    key: &CallerKey,
+) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "New key {key_id} for caller {name}:\n{}\nStore it now: it cannot be shown again (the \
+         file keeps only its digest). A running server picks it up on SIGHUP (kill -HUP <pid>).",
+        key.expose()
+    )
+    .and_then(|()| out.flush())
+    .map_err(|source| CliError::KeyNotShown {
+        name: name.to_owned(),
+        key_id: key_id.to_owned(),
+        source,
+    })
+}
+
+/// One row per caller: name, roles, key ids, SANs (`URI:`/`DNS:` as
+/// certificates show them). Never a key or a digest.
+fn list(file: &CallersFile, out: &mut dyn Write) -> io::Result<()> {
+    if file.callers.is_empty() {
+        return writeln!(
+            out,
+            "No callers yet; add one with `callers add NAME --roles ...`."
+        );
+    }
+    let join = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
+    };
+    let mut rows = vec![["NAME", "ROLES", "KEY IDS", "SANS"].map(str::to_owned)];
+    for caller in &file.callers {
+        let sans = caller.uri_sans.iter().map(|san| format!("URI:{san}"));
+        let sans = sans.chain(caller.dns_sans.iter().map(|san| format!("DNS:{san}")));
+        rows.push([
+            caller.name.clone(),
+            join(
+                caller
+                    .roles
+                    .iter()
+                    .map(|role| role.as_str().to_owned())
+                    .collect(),
+            ),
+            join(caller.keys.iter().map(|key| key.id.clone()).collect()),
+            join(sans.collect()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::key;
+    use clap::Parser as _;
+
+    /// Only for parsing arguments in tests, as the binary will.
+    #[derive(Debug, clap::Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        args: CallersArgs,
+    }
+
+    fn args(path: &std::path::Path, command: CallersCommand) -> CallersArgs {
+        CallersArgs {
+            command,
+            callers: Some(path.to_owned()),
+            state_dir: None,
+        }
+    }
+
+    /// Runs `command` and returns its output.
+    fn output(path: &std::path::Path, command: CallersCommand) -> String {
+        let mut out = Vec::new();
+        run(&args(path, command), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The key printed in an `add`/`add-key` output, with its id.
+    fn printed_key(text: &str) -> (String, String) {
+        let key = text
+            .lines()
+            .find(|l| l.starts_with(key::CALLER_KEY_PREFIX))
+            .expect("no key printed");
+        let id = text
+            .split_whitespace()
+            .find(|w| w.starts_with("key-"))
+            .expect("no key id printed");
+        (key.to_owned(), id.to_owned())
+    }
+
+    #[test]
+    fn add_prints_a_key_whose_digest_alone_is_in_the_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("callers.toml");
+        let add = CallersCommand::Add {
+            name: "claude".into(),
+            roles: vec![Role::Mint, Role::Resolve],
+        };
+        let text = output(&path, add);
+        let (key, key_id) = printed_key(&text);
+        assert!(
+            text.contains("cannot be shown again") && text.contains("kill -HUP <pid>"),
+            "{text}"
+        );
+        let digest = key::parse(&key).expect("the printed key parses");
+        let file = file::load(&path).unwrap();
+        assert_eq!(file.callers[0].name, "claude");
+        assert_eq!(file.callers[0].roles, [Role::Mint, Role::Resolve]);
+        assert_eq!(
+            file.callers[0].keys,
+            [file::KeyEntry { id: key_id, digest }]
+        );
+        let stored = fs::read_to_string(&path).unwrap();
+        assert!(!stored.contains(&key[6..]) && stored.contains(&digest.to_hex()));
+    }
+
+    #[test]
+    fn list_shows_names_roles_key_ids_and_sans_but_no_digest() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("callers.toml");
+        output(
+            &path,
+            CallersCommand::Add {
+                name: "adapter".into(),
+                roles: vec![Role::Mint],
+            },
+        );
+        output(
+            &path,
+            CallersCommand::Add {
+                name: "ops".into(),
+                roles: vec![Role::Admin, Role::Resolve],
+            },
+        );
+        let mut text = fs::read_to_string(&path).unwrap();
+        text = text.replacen(
+            "name = \"adapter\"",
+            "name = \"adapter\"\ndns_sans = [\"adapter.internal\"]",
+            1,
+        );
+        fs::write(&path, text).unwrap();
+        let file = file::load(&path).unwrap();
+        let listed = output(&path, CallersCommand::List);
+        for needle in [
+            "NAME",
+            "adapter",
+            "ops",
+            "mint",
+            "admin,resolve",
+            "DNS:adapter.internal",
+        ] {
+            assert!(listed.contains(needle), "`{needle}` missing:\n{listed}");
+        }
+        for key in file.callers.iter().flat_map(|c| &c.keys) {
+            assert!(listed.contains(&key.id), "{listed}");
+            assert!(
+                !listed.contains(&key.digest.to_hex()[..16]),
+                "digest listed:\n{listed}"
+            );
+        }
+        fs::write(&path, "").unwrap();
+        assert!(output(&path, CallersCommand::List).contains("No callers yet"));
+    }
+
+    #[test]
+    fn rotation_adds_a_key_then_removes_the_old_one() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("callers.toml");
+        let (_, old_id) = printed_key(&output(
+            &path,
+            CallersCommand::Add {
+                name: "a".into(),
+                roles: vec![Role::Mint],
+            },
+        ));
+        let (new_key, new_id) =
+            printed_key(&output(&path, CallersCommand::AddKey { name: "a".into() }));
+        assert_ne!(old_id, new_id);
+        let removed = output(
+            &path,
+            CallersCommand::RemoveKey {
+                name: "a".into(),
+                key_id: old_id.clone(),
+            },
+        );
+        assert!(removed.contains(&old_id), "{removed}");
+        let keys = &file::load(&path).unwrap().callers[0].keys;
+        assert_eq!(
+            keys,
+            &[file::KeyEntry {
+                id: new_id.clone(),
+                digest: key::parse(&new_key).unwrap()
+            }]
+        );
+        // The last key stays: without it the caller could not authenticate.
+        let last = CallersCommand::RemoveKey {
+            name: "a".into(),
+            key_id: new_id,
+        };
+        let error = run(&args(&path, last), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("could no longer authenticate"), "{error}");
+        let unknown = CallersCommand::AddKey { name: "b".into() };
+        assert!(run(&args(&path, unknown), &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn the_state_dir_is_made_private_and_holds_the_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("state");
+        let add = CallersArgs {
+            command: CallersCommand::Add {
+                name: "a".into(),
+                roles: vec![Role::Mint],
+            },
+            callers: None,
+            state_dir: Some(dir.clone()),
+        };
+        run(&add, &mut Vec::new()).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            file::load(&dir.join(CALLERS_FILE)).unwrap().callers.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_explicit_file_in_an_open_directory_is_written_with_a_warning() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let temp = tempfile::tempdir().unwrap();
+        let open = temp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let path = open.join("callers.toml");
+        let text = output(
+            &path,
+            CallersCommand::Add {
+                name: "a".into(),
+                roles: vec![Role::Mint],
+            },
+        );
+        assert!(
+            text.starts_with("warning:") && text.contains("chmod go-w"),
+            "{text}"
+        );
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let quiet = output(
+            &temp.path().join("callers.toml"),
+            CallersCommand::Add {
+                name: "a".into(),
+                roles: vec![Role::Mint],
+            },
+        );
+        assert!(!quiet.contains("warning"), "{quiet}");
+    }
+
+    #[test]
+    fn roles_are_given_comma_separated_or_repeated() {
+        let parse = |argv: &[&str]| TestCli::try_parse_from(argv).map(|cli| cli.args.command);
+        for argv in [
+            &["t", "add", "x", "--roles", "mint,resolve"][..],
+            &["t", "add", "x", "--roles", "mint", "--roles", "resolve"],
+        ] {
+            match parse(argv).unwrap() {
+                CallersCommand::Add { name, roles } => assert_eq!(
+                    (name.as_str(), roles),
+                    ("x", vec![Role::Mint, Role::Resolve])
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["t", "add", "x"]).is_err(), "roles are required");
+        let error = parse(&["t", "add", "x", "--roles", "mint,root"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown role `root`"), "{error}");
+        let cli =
+            TestCli::try_parse_from(["t", "remove-key", "x", "key-1", "--callers", "/c.toml"])
+                .unwrap();
+        assert_eq!(
+            cli.args.callers.as_deref(),
+            Some(std::path::Path::new("/c.toml"))
+        );
+    }
+}

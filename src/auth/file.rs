@@ -1,0 +1,485 @@
+//! The callers file: who may call the authority, with which roles, keys and
+//! client-certificate names.
+//!
+//! It is TOML an operator can edit by hand and `callers add` edits too:
+//!
+//! ```toml
+//! [[caller]]
+//! name = "claude-adapter"
+//! roles = ["mint"]                            # mint | resolve | admin
+//! uri_sans = ["spiffe://example.org/claude"]  # optional (mTLS)
+//! dns_sans = ["claude-adapter.internal"]      # optional (mTLS)
+//! [[caller.key]]
+//! id = "key-3f9a1c2e"                         # non-secret, shown in logs
+//! sha256 = "<64 lowercase hex>"
+//! ```
+//!
+//! Only SHA-256 digests of keys are stored. [`parse`] checks everything a
+//! running server relies on, and no error message ever holds a digest (runs
+//! of 16 or more hex digits are redacted from every message), only key ids.
+//! Edits go through `toml_edit`, so comments and layout survive; the result
+//! is checked with [`parse`] and replaces the file atomically.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use toml::Spanned;
+
+use super::key::KeyDigest;
+
+/// What a caller may do; the server decides which calls each role allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Mint credentials (provider adapters).
+    Mint,
+    /// Resolve tokens to their credential (the MCP host).
+    Resolve,
+    /// Administer credentials (operators).
+    Admin,
+}
+
+impl Role {
+    /// Every role, for help texts and exhaustive tests.
+    pub const ALL: [Role; 3] = [Role::Mint, Role::Resolve, Role::Admin];
+
+    /// The role as the file and the command line spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mint => "mint",
+            Role::Resolve => "resolve",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    /// The file's spelling, so tables and messages match what is written.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is none of [`Role::ALL`]; says which ones exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}`: the roles are mint, resolve and admin")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    /// The file's spelling exactly (lowercase), so `--roles` and the file
+    /// accept the same words.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| UnknownRole(scrub(text.to_owned())))
+    }
+}
+
+/// A checked callers file: what the integrator's caller set is built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallersFile {
+    /// The callers, in file order; names, key ids, digests and SANs are
+    /// unique across the file.
+    pub callers: Vec<CallerEntry>,
+}
+
+/// One caller. It has at least one key or one SAN, so it can authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerEntry {
+    /// Unique name, 1-64 of `[A-Za-z0-9_.-]`: shown in logs and audit lines.
+    pub name: String,
+    /// What it may do: non-empty, no duplicates.
+    pub roles: Vec<Role>,
+    /// Its keys; several during a rotation.
+    pub keys: Vec<KeyEntry>,
+    /// Client-certificate URI SANs that identify it, as written.
+    pub uri_sans: Vec<String>,
+    /// Client-certificate DNS SANs that identify it, lowercased (DNS names
+    /// compare without case).
+    pub dns_sans: Vec<String>,
+}
+
+/// One key of a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// Non-secret id, 1-64 of `[A-Za-z0-9_.-]`, unique across the file: what
+    /// logs and audit lines name instead of the key.
+    pub id: String,
+    /// The SHA-256 of the key.
+    pub digest: KeyDigest,
+}
+
+/// Why a callers file could not be read, parsed or edited. Messages name the
+/// file, line and column where known, and the caller; never a digest.
+#[derive(Debug, thiserror::Error)]
+pub enum CallersFileError {
+    /// The text is not a valid callers file.
+    #[error("callers file{}: {message}", location(.path.as_deref(), *.at))]
+    Invalid {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// Line and column (1-based), when known.
+        at: Option<(usize, usize)>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// An edit was refused; the file was not changed.
+    #[error("callers file {}: {message}; the file was not changed", .path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to do instead.
+        message: String,
+    },
+    /// Reading or writing failed.
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        /// What was being done, e.g. "read callers file".
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+}
+
+/// ` PATH, line L, column C`, as much as is known.
+fn location(path: Option<&Path>, at: Option<(usize, usize)>) -> String {
+    let mut text = String::new();
+    if let Some(path) = path {
+        text.push_str(&format!(" {}", path.display()));
+    }
+    if let Some((line, column)) = at {
+        text.push_str(&format!(
+            "{} line {line}, column {column}",
+            if path.is_some() { "," } else { "" }
+        ));
+    }
+    text
+}
+
+/// Replaces every run of 16 or more hex digits with `<redacted>`, so no
+/// message can carry a digest (or a large part of one), whatever field the
+/// operator pasted it into.
+fn scrub(message: String) -> String {
+    let (mut out, mut rest) = (String::with_capacity(message.len()), message.as_str());
+    while let Some(start) = rest.find(|c: char| c.is_ascii_hexdigit()) {
+        let run = rest[start..]
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len() - start);
+        out.push_str(&rest[..start]);
+        out.push_str(if run >= 16 {
+            "<redacted>"
+        } else {
+            &rest[start..start + run]
+        });
+        rest = &rest[start + run..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The file as serde sees it; checked into [`CallersFile`] by [`parse`].
+/// Fields are optional where a missing one deserves a message that names
+/// the caller.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    caller: Vec<Spanned<RawCaller>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaller {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
+    #[serde(default)]
+    uri_sans: Vec<Spanned<String>>,
+    #[serde(default)]
+    dns_sans: Vec<Spanned<String>>,
+    #[serde(default)]
+    key: Vec<Spanned<RawKey>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: Option<Spanned<String>>,
+    sha256: Option<Spanned<String>>,
+}
+
+/// Just the callers' names, read leniently to say which caller a schema
+/// error (an unknown field, a wrong type) is in.
+#[derive(serde::Deserialize)]
+struct Outline {
+    #[serde(default)]
+    caller: Vec<Spanned<OutlineCaller>>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutlineCaller {
+    name: Option<toml::Value>,
+}
+
+/// The name of the caller whose tables hold byte `offset`: the last
+/// `[[caller]]` that starts before it (its `[[caller.key]]` tables follow
+/// it). None for a syntax error, which no lenient reading gets past.
+fn caller_at(text: &str, offset: usize) -> Option<String> {
+    let outline: Outline = toml::from_str(text).ok()?;
+    let caller = outline
+        .caller
+        .iter()
+        .rev()
+        .find(|c| c.span().start <= offset)?;
+    caller.get_ref().name.as_ref()?.as_str().map(str::to_owned)
+}
+
+/// Line and column (1-based, in characters) of byte `offset` of `text`;
+/// never panics, whatever the offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |line| line.chars().count());
+    (before.matches('\n').count() + 1, column + 1)
+}
+
+/// Builds [`CallersFileError::Invalid`] at a byte offset of `text`.
+fn invalid(text: &str, span: Option<Range<usize>>, message: String) -> CallersFileError {
+    let at = span.map(|span| line_column(text, span.start));
+    CallersFileError::Invalid {
+        path: None,
+        at,
+        message: scrub(message),
+    }
+}
+
+/// 1-64 of `[A-Za-z0-9_.-]`: names and key ids end up in log lines and
+/// audit records, so they are kept plain.
+fn is_ident(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A plausible host name: 1-253 of `[A-Za-z0-9.-]`, labels of 1-63.
+fn is_dns_name(text: &str) -> bool {
+    (1..=253).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && text.split('.').all(|label| (1..=63).contains(&label.len()))
+}
+
+/// A plausible URI: a scheme before a `:`, no whitespace or control
+/// characters.
+fn is_uri(text: &str) -> bool {
+    text.find(':').is_some_and(|colon| colon > 0)
+        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+const IDENT_RULE: &str = "1-64 characters of A-Z a-z 0-9 _ . -";
+
+/// Parses and checks a callers file. Pure: no I/O, any input is safe.
+pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
+    // `message()`, not `Display`: the latter quotes the offending line,
+    // which may hold a digest.
+    let raw: RawFile = toml::from_str(text).map_err(|error| {
+        let message = error.message().trim_end();
+        let message = match error.span().and_then(|span| caller_at(text, span.start)) {
+            Some(name) => format!("caller `{name}`: {message}"),
+            None => message.to_owned(),
+        };
+        invalid(text, error.span(), message)
+    })?;
+    macro_rules! refuse {
+        ($span:expr, $name:expr, $($message:tt)+) => {
+            return Err(invalid(text, Some($span), format!("caller `{}`: {}", $name, format_args!($($message)+))))
+        };
+    }
+    // Offsets, turned into lines only for a message: counting lines for
+    // every entry would make parsing quadratic in the file's size.
+    let line_of = |offset: usize| line_column(text, offset).0;
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut key_ids: HashMap<String, (String, usize)> = HashMap::new();
+    let mut digests: HashMap<KeyDigest, (String, String)> = HashMap::new();
+    let mut sans: HashMap<String, String> = HashMap::new();
+    let mut callers = Vec::with_capacity(raw.caller.len());
+    for raw_caller in raw.caller {
+        let caller_span = raw_caller.span();
+        let raw_caller = raw_caller.into_inner();
+        let Some(name) = raw_caller.name else {
+            let message = "a [[caller]] has no `name`: add name = \"...\"";
+            return Err(invalid(text, Some(caller_span), message.into()));
+        };
+        let (name_span, name) = (name.span(), name.into_inner());
+        if !is_ident(&name) {
+            refuse!(name_span, name, "the name must be {IDENT_RULE}");
+        }
+        if let Some(first) = names.insert(name.clone(), name_span.start) {
+            let line = line_of(first);
+            refuse!(
+                name_span,
+                name,
+                "the name is already used at line {line}; names must be unique"
+            );
+        }
+        if raw_caller.roles.is_empty() {
+            refuse!(
+                name_span,
+                name,
+                "no roles: add roles = [\"mint\"] (mint, resolve or admin)"
+            );
+        }
+        let mut roles = Vec::with_capacity(raw_caller.roles.len());
+        for role in raw_caller.roles {
+            match role.get_ref().parse::<Role>() {
+                Err(error) => refuse!(role.span(), name, "{error}"),
+                Ok(parsed) if roles.contains(&parsed) => {
+                    refuse!(
+                        role.span(),
+                        name,
+                        "role `{parsed}` is listed twice; list it once"
+                    )
+                }
+                Ok(parsed) => roles.push(parsed),
+            }
+        }
+        let mut keys = Vec::with_capacity(raw_caller.key.len());
+        for key in raw_caller.key {
+            let key_span = key.span();
+            let key = key.into_inner();
+            let Some(id) = key.id else {
+                refuse!(
+                    key_span,
+                    name,
+                    "a [[caller.key]] has no `id`: add id = \"key-...\""
+                );
+            };
+            let (id_span, id) = (id.span(), id.into_inner());
+            if !is_ident(&id) {
+                refuse!(
+                    id_span,
+                    name,
+                    "key id `{id}`: a key id must be {IDENT_RULE}"
+                );
+            }
+            if let Some((other, line)) = key_ids.insert(id.clone(), (name.clone(), id_span.start)) {
+                let line = line_of(line);
+                refuse!(id_span, name, "key id `{id}` is already used by caller `{other}` at line {line}; key ids must be unique across the file");
+            }
+            let Some(sha256) = key.sha256 else {
+                refuse!(
+                    key_span,
+                    name,
+                    "key `{id}` has no `sha256`: add the key's digest"
+                );
+            };
+            let Some(digest) = KeyDigest::from_hex(sha256.get_ref()) else {
+                refuse!(
+                    sha256.span(),
+                    name,
+                    "key `{id}`: sha256 must be 64 lowercase hex digits"
+                );
+            };
+            if let Some((other, other_id)) = digests.insert(digest, (name.clone(), id.clone())) {
+                refuse!(sha256.span(), name, "key `{id}` has the same sha256 as key `{other_id}` of caller `{other}`; a key belongs to one caller (make a new one with `callers add-key`)");
+            }
+            keys.push(KeyEntry { id, digest });
+        }
+        let (mut uri_sans, mut dns_sans) = (Vec::new(), Vec::new());
+        let uris = raw_caller.uri_sans.into_iter().map(|san| (san, false));
+        for (san, dns) in uris.chain(raw_caller.dns_sans.into_iter().map(|san| (san, true))) {
+            let (span, san) = (san.span(), san.into_inner());
+            if dns && !is_dns_name(&san) {
+                refuse!(span, name, "DNS SAN `{san}` is not a host name (1-253 of A-Z a-z 0-9 . -, no empty labels)");
+            }
+            if !dns && !is_uri(&san) {
+                refuse!(
+                    span,
+                    name,
+                    "URI SAN `{san}` is not a URI (scheme:..., no spaces)"
+                );
+            }
+            let (kind, value) = if dns {
+                ("DNS", san.to_ascii_lowercase())
+            } else {
+                ("URI", san.clone())
+            };
+            if let Some(other) = sans.insert(format!("{kind} {value}"), name.clone()) {
+                let whose = if other == name {
+                    "this caller".to_owned()
+                } else {
+                    format!("caller `{other}`")
+                };
+                refuse!(span, name, "{kind} SAN `{san}`: {whose} already lists it; a certificate must identify exactly one caller");
+            }
+            if dns {
+                dns_sans.push(value)
+            } else {
+                uri_sans.push(value)
+            }
+        }
+        if keys.is_empty() && uri_sans.is_empty() && dns_sans.is_empty() {
+            refuse!(name_span, name, "no key and no SAN, so it could never authenticate: add a [[caller.key]] (`callers add-key`) or uri_sans/dns_sans");
+        }
+        callers.push(CallerEntry {
+            name,
+            roles,
+            keys,
+            uri_sans,
+            dns_sans,
+        });
+    }
+    Ok(CallersFile { callers })
+}
+
+/// Reads and parses the file at `path`; errors name the path.
+pub fn load(path: &Path) -> Result<CallersFile, CallersFileError> {
+    let text = fs::read_to_string(path).map_err(|source| CallersFileError::Io {
+        action: "read callers file",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).map_err(|error| with_path(error, path))
+}
+
+/// Names `path` in an error from [`parse`].
+fn with_path(error: CallersFileError, path: &Path) -> CallersFileError {
+    match error {
+        CallersFileError::Invalid { at, message, .. } => CallersFileError::Invalid {
+            path: Some(path.to_owned()),
+            at,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// A new non-secret key id: `key-` + 8 random hex digits. Random rather than
+/// derived from the key, so an id in a log line says nothing about the key.
+pub fn new_key_id() -> String {
+    format!("key-{:08x}", rand::random::<u32>())
+}
+
+mod edit;
+pub use edit::{add_caller, add_key, remove_key};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,497 @@
+//! Tests of the callers file: parsing, every refusal, and edits.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::edit::HEADER;
+use super::*;
+use crate::auth::key::CallerKey;
+
+fn digest() -> KeyDigest {
+    CallerKey::generate().unwrap().digest()
+}
+
+/// A caller with one key, as a hand-written block.
+fn block(name: &str, id: &str, digest: &KeyDigest) -> String {
+    format!(
+        "[[caller]]\nname = \"{name}\"\nroles = [\"mint\"]\n[[caller.key]]\nid = \"{id}\"\nsha256 = \"{}\"\n",
+        digest.to_hex()
+    )
+}
+
+/// Every 64-hex-digit run in `text`: the digests a message must not show.
+fn digests_in(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(63))
+        .filter(|&i| bytes[i..i + 64].iter().all(u8::is_ascii_hexdigit))
+        .map(|i| text[i..i + 64].to_owned())
+        .collect()
+}
+
+/// Parses `text` expecting a refusal whose message holds every `needles`
+/// and no digest (nor its first 16 digits) of the input.
+fn refused(text: &str, needles: &[&str]) -> String {
+    let message = parse(text)
+        .expect_err("accepted an invalid file")
+        .to_string();
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "`{needle}` missing from: {message}"
+        );
+    }
+    for hex in digests_in(text) {
+        assert!(!message.contains(&hex[..16]), "digest in: {message}");
+    }
+    message
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_valid_file_parses_into_the_structs() {
+    let (a, b) = (digest(), digest());
+    let text = format!(
+        "# who may call\n[[caller]]\nname = \"claude-adapter\"\nroles = [\"mint\", \"resolve\"]  # two\n\
+         uri_sans = [\"spiffe://example.org/claude\"]\n[[caller.key]]\nid = \"key-1\"\nsha256 = \"{}\"\n\
+         [[caller.key]]\nid = \"key-2\"\nsha256 = \"{}\"\n\n[[caller]]\nname = \"ops\"\nroles = [\"admin\"]\n\
+         dns_sans = [\"Ops.Internal\"]\n",
+        a.to_hex(),
+        b.to_hex()
+    );
+    let file = parse(&text).unwrap();
+    assert_eq!(
+        file,
+        CallersFile {
+            callers: vec![
+                CallerEntry {
+                    name: "claude-adapter".into(),
+                    roles: vec![Role::Mint, Role::Resolve],
+                    keys: vec![
+                        KeyEntry {
+                            id: "key-1".into(),
+                            digest: a
+                        },
+                        KeyEntry {
+                            id: "key-2".into(),
+                            digest: b
+                        },
+                    ],
+                    uri_sans: vec!["spiffe://example.org/claude".into()],
+                    dns_sans: vec![],
+                },
+                CallerEntry {
+                    name: "ops".into(),
+                    roles: vec![Role::Admin],
+                    keys: vec![],
+                    uri_sans: vec![],
+                    dns_sans: vec!["ops.internal".into()],
+                },
+            ]
+        }
+    );
+    assert_eq!(parse("").unwrap(), CallersFile::default());
+    assert_eq!(parse("# nobody yet\n").unwrap(), CallersFile::default());
+}
+
+#[test]
+fn every_rule_is_refused_naming_the_caller_and_never_a_digest() {
+    let (a, b, c) = (digest(), digest(), digest());
+    let one = block("one", "k1", &a);
+    refused(
+        &format!("{one}{}", block("one", "k2", &b)),
+        &["caller `one`", "already used at line 2", "line 8"],
+    );
+    refused(
+        &format!("{one}{}", block("two", "k1", &b)),
+        &["caller `two`", "key id `k1`", "caller `one`"],
+    );
+    refused(
+        &format!("{one}{}", block("two", "k2", &a)),
+        &["caller `two`", "key `k2`", "same sha256", "`k1`"],
+    );
+    refused(
+        &one.replace("\"mint\"", "\"minter\""),
+        &["caller `one`", "unknown role `minter`", "line 3"],
+    );
+    refused(
+        &one.replace("\"mint\"", "\"mint\", \"mint\""),
+        &["caller `one`", "`mint` is listed twice"],
+    );
+    refused(
+        &one.replace("roles = [\"mint\"]", "roles = []"),
+        &["caller `one`", "no roles"],
+    );
+    refused(
+        &one.replace("roles = [\"mint\"]\n", ""),
+        &["caller `one`", "no roles"],
+    );
+    refused(
+        &format!("{one}shoe = 1\n"),
+        &["line 7", "caller `one`: unknown field `shoe`"],
+    );
+    refused(
+        &one.replace("sha256", "sha265"),
+        &["line 6", "caller `one`: unknown field `sha265`"],
+    );
+    refused(
+        &format!("version = 2\n{one}"),
+        &["line 1", "unknown field `version`"],
+    );
+    refused(
+        "[[caller]]\nname = \"lonely\"\nroles = [\"mint\"]\n",
+        &["caller `lonely`", "no key and no SAN", "never authenticate"],
+    );
+    let san = |name: &str, field: &str, value: &str| {
+        format!("[[caller]]\nname = \"{name}\"\nroles = [\"mint\"]\n{field} = [\"{value}\"]\n")
+    };
+    let uri = "spiffe://example.org/a";
+    refused(
+        &format!("{}{}", san("x", "uri_sans", uri), san("y", "uri_sans", uri)),
+        &["caller `y`", "caller `x` already lists it", "line 8"],
+    );
+    refused(
+        &format!(
+            "{}{}",
+            san("x", "dns_sans", "a.example"),
+            san("y", "dns_sans", "A.Example")
+        ),
+        &["caller `y`", "DNS SAN `A.Example`", "`x`"],
+    );
+    refused(
+        &san("x", "uri_sans", "no-colon"),
+        &["caller `x`", "URI SAN `no-colon`"],
+    );
+    refused(
+        &san("x", "dns_sans", "bad_host"),
+        &["caller `x`", "DNS SAN `bad_host`"],
+    );
+    refused(&san("x", "dns_sans", "a..b"), &["caller `x`", "DNS SAN"]);
+    refused(
+        &one.replace("name = \"one\"", "name = \"on e\""),
+        &["caller `on e`", "the name must be", "line 2, column 8"],
+    );
+    refused(
+        &one.replace("name = \"one\"", "name = \"\""),
+        &["the name must be"],
+    );
+    refused(
+        &one.replace("\"k1\"", "\"k 1\""),
+        &["caller `one`", "key id `k 1`"],
+    );
+    refused(
+        &one.replace(&a.to_hex(), &a.to_hex().to_uppercase()),
+        &["caller `one`", "key `k1`", "64 lowercase hex"],
+    );
+    refused(
+        &one.replace(&a.to_hex(), &a.to_hex()[..60]),
+        &["key `k1`", "64 lowercase hex"],
+    );
+    refused(
+        &one.replace("id = \"k1\"\n", ""),
+        &["caller `one`", "no `id`"],
+    );
+    refused(
+        &format!("{one}[[caller.key]]\nid = \"k2\"\n"),
+        &["caller `one`", "key `k2` has no `sha256`"],
+    );
+    refused("[[caller]]\nroles = [\"mint\"]\n", &["line 1", "no `name`"]);
+    // Digests where they do not belong are redacted, whatever the rule.
+    let message = refused(
+        &one.replace("name = \"one\"", &format!("name = \"{}!\"", b.to_hex())),
+        &["<redacted>"],
+    );
+    assert!(!message.contains(&b.to_hex()[..16]));
+    let hex_id = one.replace("\"k1\"", &format!("\"{}\"", b.to_hex()));
+    refused(
+        &format!(
+            "{hex_id}{}",
+            hex_id
+                .replace("one", "two")
+                .replace(&a.to_hex(), &c.to_hex())
+        ),
+        &["caller `two`", "<redacted>"],
+    );
+    // A syntax error on a digest's line: toml's `Display` would quote it.
+    refused(
+        &one.replace(&format!("\"{}\"", a.to_hex()), &format!("\"{}", a.to_hex())),
+        &["line 6"],
+    );
+    refused(
+        &format!("{one}{}", one.replace("[[caller]]\n", "")),
+        &["line 7"],
+    );
+    let wrong_type = format!(
+        "{one}{}",
+        block("two", "k2", &b).replace("[\"mint\"]", "\"mint\"")
+    );
+    refused(&wrong_type, &["caller `two`", "line 9"]);
+}
+
+#[test]
+fn errors_from_load_name_the_path() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("callers.toml");
+    let missing = load(&path).unwrap_err();
+    assert!(
+        matches!(&missing, CallersFileError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    );
+    assert!(
+        missing.to_string().contains(&*path.to_string_lossy()),
+        "{missing}"
+    );
+    fs::write(&path, "[[caller]]\nname = \"x\"\nroles = [\"mint\"]\n").unwrap();
+    let invalid = load(&path).unwrap_err().to_string();
+    assert!(
+        invalid.contains(&format!("{}, line 2, column 8", path.display())),
+        "{invalid}"
+    );
+}
+
+/// A hand-edited file: comments everywhere, odd spacing, an unrelated caller.
+fn hand_written(a: &KeyDigest, b: &KeyDigest, c: &KeyDigest) -> (String, String) {
+    let other = format!(
+        "# the host, do not touch\n[[caller]]\nname   =   \"host\"   # spaced\nroles = [ \"resolve\" ]\n\
+         dns_sans = [\"host.internal\"]\n[[caller.key]]\nid = \"host-1\" # first\nsha256 = \"{}\"\n",
+        c.to_hex()
+    );
+    let text = format!(
+        "# Operators' notes: keep this comment.\n\n[[caller]]\nname = \"adapter\"  # the adapter\n\
+         roles = [\"mint\"]\nuri_sans = [\"spiffe://x/adapter\"]\n\n# its first key\n[[caller.key]]\n\
+         id = \"a-1\"\nsha256 = \"{}\"\n\n[[caller.key]]\nid = \"a-2\"\nsha256 = \"{}\"\n\n{other}\n# trailing note\n",
+        a.to_hex(),
+        b.to_hex()
+    );
+    (text, other)
+}
+
+#[test]
+fn edits_keep_comments_and_unrelated_callers_exactly() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("callers.toml");
+    let (a, b, c, d, e) = (digest(), digest(), digest(), digest(), digest());
+    let (text, other) = hand_written(&a, &b, &c);
+    fs::write(&path, &text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+
+    add_key(&path, "adapter", "a-3", &d).unwrap();
+    remove_key(&path, "adapter", "a-2").unwrap();
+    add_caller(&path, "new", &[Role::Mint, Role::Resolve], "n-1", &e).unwrap();
+
+    let edited = fs::read_to_string(&path).unwrap();
+    assert!(
+        edited.contains(&other),
+        "unrelated caller changed:\n{edited}"
+    );
+    for comment in text.lines().filter_map(|l| l.find('#').map(|i| &l[i..])) {
+        assert!(edited.contains(comment), "lost `{comment}`:\n{edited}");
+    }
+    assert!(
+        edited.starts_with("# Operators' notes: keep this comment.\n"),
+        "{edited}"
+    );
+    assert!(!edited.contains(&b.to_hex()), "{edited}");
+    assert_eq!(mode(&path), 0o600);
+    let file = parse(&edited).unwrap();
+    let names: Vec<_> = file.callers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["adapter", "host", "new"]);
+    let ids: Vec<_> = file.callers[0].keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, ["a-1", "a-3"]);
+    assert_eq!(file.callers[0].keys[1].digest, d);
+    assert_eq!(file.callers[2].roles, [Role::Mint, Role::Resolve]);
+    assert_eq!(
+        file.callers[2].keys,
+        [KeyEntry {
+            id: "n-1".into(),
+            digest: e
+        }]
+    );
+    assert_eq!(
+        fs::read_dir(temp.path()).unwrap().count(),
+        1,
+        "a temporary file was left"
+    );
+}
+
+#[test]
+fn refused_edits_leave_the_file_byte_identical() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("callers.toml");
+    let (a, b, c) = (digest(), digest(), digest());
+    let (text, _) = hand_written(&a, &b, &c);
+    let only = block("only", "o-1", &digest());
+    fs::write(&path, format!("{text}{only}")).unwrap();
+    let before = fs::read(&path).unwrap();
+    let refusals: Vec<(Result<(), CallersFileError>, &str)> = vec![
+        (
+            add_caller(&path, "host", &[Role::Mint], "x-1", &digest()),
+            "a caller named `host` already exists",
+        ),
+        (
+            add_caller(&path, "bad name", &[Role::Mint], "x-1", &digest()),
+            "caller name `bad name`",
+        ),
+        (
+            add_caller(&path, "fresh", &[], "x-1", &digest()),
+            "at least one role",
+        ),
+        (
+            add_caller(&path, "fresh", &[Role::Mint], "a-1", &digest()),
+            "key id `a-1` is already used by caller `adapter`",
+        ),
+        (
+            add_caller(&path, "fresh", &[Role::Mint], "x-1", &c),
+            "already in the file as key `host-1` of caller `host`",
+        ),
+        (
+            add_key(&path, "nobody", "x-1", &digest()),
+            "no caller named `nobody`",
+        ),
+        (
+            add_key(&path, "host", "a-2", &digest()),
+            "key id `a-2` is already used",
+        ),
+        (
+            add_key(&path, "host", "bad/id", &digest()),
+            "key id `bad/id`",
+        ),
+        (
+            remove_key(&path, "host", "nope"),
+            "caller `host` has no key `nope`",
+        ),
+        (
+            remove_key(&path, "nobody", "a-1"),
+            "no caller named `nobody`",
+        ),
+        (
+            remove_key(&path, "only", "o-1"),
+            "last key of caller `only`, which has no SAN",
+        ),
+    ];
+    for (result, needle) in refusals {
+        let message = result.expect_err(needle).to_string();
+        assert!(
+            message.contains(needle) && message.contains("not changed"),
+            "`{needle}` missing from: {message}"
+        );
+        for hex in [&a, &b, &c].map(KeyDigest::to_hex) {
+            assert!(!message.contains(&hex[..16]), "digest in: {message}");
+        }
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "changed by the refused `{needle}`"
+        );
+    }
+    // An invalid file is refused as it is, before any change.
+    fs::write(&path, format!("{text}{}", block("host", "h-9", &digest()))).unwrap();
+    let before = fs::read(&path).unwrap();
+    let error = add_key(&path, "adapter", "x-1", &digest()).unwrap_err();
+    assert!(
+        matches!(error, CallersFileError::Invalid { path: Some(_), .. }),
+        "{error}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn add_caller_creates_a_missing_file_with_the_header() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("callers.toml");
+    let a = digest();
+    add_caller(&path, "admin", &[Role::Admin], "key-1", &a).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with(HEADER), "{text}");
+    assert_eq!(mode(&path), 0o600);
+    let file = parse(&text).unwrap();
+    assert_eq!(file.callers.len(), 1);
+    assert_eq!(
+        file.callers[0].keys,
+        [KeyEntry {
+            id: "key-1".into(),
+            digest: a
+        }]
+    );
+    // add_key and remove_key never create one.
+    let missing = temp.path().join("missing.toml");
+    assert!(matches!(
+        add_key(&missing, "admin", "k", &a),
+        Err(CallersFileError::Io { .. })
+    ));
+    assert!(matches!(
+        remove_key(&missing, "admin", "k"),
+        Err(CallersFileError::Io { .. })
+    ));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn keys_of_san_callers_and_inline_key_arrays_are_edited_too() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("callers.toml");
+    let (a, b, c) = (digest(), digest(), digest());
+    let text = format!(
+        "[[caller]]\nname = \"cert\"\nroles = [\"resolve\"]\nuri_sans = [\"spiffe://x/cert\"]\n\n\
+         [[caller]]\nname = \"inline\"\nroles = [\"mint\"]\nkey = [{{ id = \"i-1\", sha256 = \"{}\" }}]\n",
+        a.to_hex()
+    );
+    fs::write(&path, text).unwrap();
+    add_key(&path, "cert", "c-1", &b).unwrap();
+    add_key(&path, "inline", "i-2", &c).unwrap();
+    let file = load(&path).unwrap();
+    assert_eq!(
+        file.callers[0].keys,
+        [KeyEntry {
+            id: "c-1".into(),
+            digest: b
+        }]
+    );
+    assert_eq!(
+        file.callers[1].keys[1],
+        KeyEntry {
+            id: "i-2".into(),
+            digest: c
+        }
+    );
+    remove_key(&path, "inline", "i-1").unwrap();
+    // The last key of a caller with a SAN may go: the certificate remains.
+    remove_key(&path, "cert", "c-1").unwrap();
+    let file = load(&path).unwrap();
+    assert!(file.callers[0].keys.is_empty());
+    assert_eq!(
+        file.callers[1].keys,
+        [KeyEntry {
+            id: "i-2".into(),
+            digest: c
+        }]
+    );
+    assert!(!fs::read_to_string(&path).unwrap().contains("c-1"));
+}
+
+#[test]
+fn key_ids_are_random_and_plain() {
+    let id = new_key_id();
+    assert_eq!(id.len(), 12);
+    assert!(
+        id.starts_with("key-")
+            && id[4..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert!(is_ident(&id));
+    assert_ne!(new_key_id(), new_key_id());
+}
+
+#[test]
+fn roles_spell_the_same_both_ways() {
+    for role in Role::ALL {
+        assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        assert_eq!(role.to_string(), role.as_str());
+    }
+    assert!("Mint"
+        .parse::<Role>()
+        .unwrap_err()
+        .to_string()
+        .contains("mint, resolve and admin"));
+}
