@@ -5,8 +5,8 @@
 //! contract, [`token`] the token format, [`auth`] callers and their keys, [`clock`] injected time, [`store`] the
 //! embedded store, [`validate`] request checking, [`error`] typed failures,
 //! [`service`] the gRPC service, [`request_id`] per-call ids, [`config`] the
-//! command line, [`telemetry`] logging and [`server`] the wiring that `main`
-//! and the tests share.
+//! command line, [`telemetry`] logging, [`transport`] the TCP, TLS and Unix
+//! listeners, and [`server`] the wiring that `main` and the tests share.
 
 pub mod allocator;
 pub mod auth;
@@ -19,6 +19,7 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod transport;
 pub mod validate;
 
 /// The generated contract (`proto/`), with the descriptor set served by
