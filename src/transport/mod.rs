@@ -542,6 +542,51 @@ pub(crate) mod tests {
         assert!(stream.nodelay().unwrap());
     }
 
+    /// The way the server uses it: tonic serves the stream, and a layer
+    /// reads each call's `PeerInfo` from the request extensions.
+    #[tokio::test]
+    async fn tonic_serves_incoming_and_handlers_see_peer_info() {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let transport = Transport::bind(config(vec![loopback()])).await.unwrap();
+        let ListenAddr::Tcp(addr) = transport.bound()[0].addr else {
+            unreachable!()
+        };
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let layer = tonic::service::InterceptorLayer::new(move |req: tonic::Request<()>| {
+            let _ = seen_tx.send(req.extensions().get::<PeerInfo>().cloned());
+            Ok(req)
+        });
+        let (_, health) = tonic_health::server::health_reporter();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(layer)
+                .add_service(health)
+                .serve_with_incoming_shutdown(transport.into_incoming(), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        client.check(request).await.unwrap();
+        let info = seen
+            .recv()
+            .await
+            .unwrap()
+            .expect("no PeerInfo in the extensions");
+        assert!(matches!(info.peer, Peer::Tcp(peer) if peer.ip() == addr.ip()));
+        drop(client);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn dropping_incoming_closes_the_listener() {
         let transport = Transport::bind(config(vec![loopback()])).await.unwrap();
