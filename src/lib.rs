@@ -2,12 +2,13 @@
 //! that AI coding-agent sessions use to call a host's MCP tools.
 //!
 //! The crate is laid out one module per concern: [`pb`] is the generated
-//! contract, [`token`] the token format, [`auth`] callers and their keys, [`state_dir`] where the callers file
-//! and the first admin key live, [`clock`] injected time, [`store`] the
-//! embedded store, [`validate`] request checking, [`error`] typed failures,
-//! [`service`] the gRPC service, [`request_id`] per-call ids, [`config`] the
-//! command line, [`telemetry`] logging, [`audit`] the audit trail and
-//! [`server`] the wiring that `main` and the tests share.
+//! contract, [`token`] the token format, [`auth`] callers, their keys and
+//! roles, [`state_dir`] where the callers file and the first admin key live,
+//! [`clock`] injected time, [`store`] the embedded store, [`validate`]
+//! request checking, [`error`] typed failures, [`service`] the gRPC service,
+//! [`request_id`] per-call ids, [`config`] the command line, [`telemetry`]
+//! logging, [`audit`] the audit trail, [`transport`] the TCP, TLS and Unix
+//! listeners, and [`server`] the wiring that `main` and the tests share.
 
 pub mod allocator;
 pub mod audit;
@@ -22,6 +23,7 @@ pub mod state_dir;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod transport;
 pub mod validate;
 
 /// The generated contract (`proto/`), with the descriptor set served by
