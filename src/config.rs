@@ -1,12 +1,17 @@
 //! The command line: every flag has a matching environment variable, and
-//! durations are written the human way (`30m`, `30d`).
+//! durations are written the human way (`30m`, `30d`). Also the exposure
+//! rules that refuse a configuration that would let keys or tokens cross a
+//! network in clear, or let anyone in, by accident.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audit::{AuditConfig, AuditFailureMode, AuditSink};
+use crate::auth::cli::CallersArgs;
 use crate::store::StoreConfig;
+use crate::transport::{ListenAddr, TlsFiles, TransportConfig};
 
 /// The credential authority: mints, resolves and revokes the bearer
 /// credentials of AI coding-agent sessions.
@@ -22,7 +27,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server on the embedded in-memory store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage the callers file: who may call, with which roles and keys.
+    Callers(CallersArgs),
 }
 
 /// How log lines are written.
@@ -37,14 +44,107 @@ pub enum LogFormat {
 /// The server's settings.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the chosen address is
-    /// logged).
+    /// Where to listen: `HOST:PORT` (port 0 picks a free port; the chosen
+    /// address is logged) or `unix:/ABSOLUTE/PATH` for a Unix socket, which
+    /// is bound inside a directory only this user can enter. Repeat the flag
+    /// (or separate with commas) to listen on several.
     #[arg(
         long,
         env = "CREDENTIAL_AUTHORITY_LISTEN",
-        default_value = "127.0.0.1:50051"
+        default_value = "127.0.0.1:50051",
+        value_delimiter = ','
     )]
-    pub listen: SocketAddr,
+    pub listen: Vec<ListenAddr>,
+
+    /// The callers file (TOML: names, roles, key digests). Re-read on
+    /// SIGHUP. Default: `callers.toml` in the state directory, created on
+    /// first start with an admin key beside it.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_CALLERS")]
+    pub callers: Option<PathBuf>,
+
+    /// The state directory (mode 0700): the default callers file and the
+    /// first start's admin key. Default `$XDG_STATE_HOME/credential-authority`,
+    /// else `~/.local/state/credential-authority`.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Let every call in as an admin, without keys. For experiments only:
+    /// refused unless every listener is loopback or a Unix socket, and
+    /// warned about at every start.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_INSECURE_NO_CALLER_AUTH")]
+    pub insecure_no_caller_auth: bool,
+
+    /// Serve a non-loopback TCP listener without TLS (for a mesh sidecar that
+    /// terminates TLS in front of it). Refused otherwise, so keys never cross
+    /// a network in clear by accident.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+
+    /// PEM certificate chain for TLS on the TCP listeners (ALPN h2).
+    /// Re-read on SIGHUP.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates for client certificates (mutual TLS). A client
+    /// may still connect without one and use a key; a certificate it shows
+    /// must chain to these, and names a caller only through a URI or DNS SAN
+    /// that the callers file lists.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How long a new connection may take to finish its TLS handshake.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Only these user ids may connect to the Unix socket (checked with
+    /// SO_PEERCRED, in addition to keys). Comma-separated.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_UNIX_ALLOWED_UIDS",
+        value_delimiter = ','
+    )]
+    pub unix_allowed_uids: Option<Vec<u32>>,
+
+    /// Turn server reflection off (it describes the contract to generic
+    /// clients such as grpcurl; it is open to anyone, like health).
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_DISABLE_REFLECTION")]
+    pub disable_reflection: bool,
+
+    /// Where the audit trail goes: a file path (reopened on SIGHUP, for log
+    /// rotation), or `-` for standard output.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_AUDIT_LOG", default_value = "-")]
+    pub audit_log: AuditSink,
+
+    /// What a failed audit write does: `closed` fails the call with
+    /// UNAVAILABLE (a revocation stays in force), `open` lets it go on and
+    /// counts the lost line.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_AUDIT_FAILURE", value_enum, default_value_t = AuditFailureMode::Closed)]
+    pub audit_failure: AuditFailureMode,
+
+    /// Audit lines per second for denied calls from one peer (address or
+    /// uid); more are counted and reported as `suppressed`.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_AUDIT_DENIALS_PER_SECOND",
+        default_value_t = 10
+    )]
+    pub audit_denials_per_second: u32,
+
+    /// Burst of denial lines one peer may write before the rate applies.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_AUDIT_DENIAL_BURST",
+        default_value_t = 50
+    )]
+    pub audit_denial_burst: u32,
 
     /// How long a credential may go unused before it dies; also the upper
     /// bound of Mint's per-credential override.
@@ -85,6 +185,27 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// A configuration the server refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ExposureError {
+    /// A non-loopback TCP listener without TLS.
+    #[error(
+        "refusing to listen on {0} without TLS: caller keys and tokens would cross the \
+         network in clear; give --tls-cert and --tls-key, or --allow-plaintext if a \
+         sidecar terminates TLS in front of this server"
+    )]
+    Plaintext(ListenAddr),
+    /// `--insecure-no-caller-auth` with a listener others can reach.
+    #[error(
+        "refusing --insecure-no-caller-auth on {0}: without caller keys anyone who \
+         reaches the listener is an admin; use it on loopback or a Unix socket only"
+    )]
+    InsecureExposed(ListenAddr),
+    /// `--insecure-no-caller-auth` with a callers file.
+    #[error("--insecure-no-caller-auth and --callers contradict each other; choose one")]
+    InsecureWithCallers,
+}
+
 impl ServeArgs {
     /// The store's part of the settings.
     pub fn store_config(&self) -> StoreConfig {
@@ -95,6 +216,54 @@ impl ServeArgs {
             tombstone_retention: self.tombstone_retention,
             tombstone_capacity: self.tombstone_capacity,
         }
+    }
+
+    /// The listeners' part of the settings.
+    pub fn transport_config(&self) -> TransportConfig {
+        TransportConfig {
+            listen: self.listen.clone(),
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()).map(
+                |(cert_chain, private_key)| TlsFiles {
+                    cert_chain,
+                    private_key,
+                    client_ca: self.tls_client_ca.clone(),
+                },
+            ),
+            handshake_timeout: self.tls_handshake_timeout,
+            unix_allowed_uids: self.unix_allowed_uids.clone(),
+        }
+    }
+
+    /// The audit trail's part of the settings.
+    pub fn audit_config(&self) -> AuditConfig {
+        AuditConfig {
+            sink: self.audit_log.clone(),
+            failure: self.audit_failure,
+            denials_per_second: self.audit_denials_per_second,
+            denial_burst: self.audit_denial_burst,
+        }
+    }
+
+    /// Refuses listeners that would expose keys in clear, or an
+    /// unauthenticated server, beyond this host.
+    pub fn check_exposure(&self) -> Result<(), ExposureError> {
+        let tls = self.tls_cert.is_some();
+        for addr in &self.listen {
+            if self.insecure_no_caller_auth && !addr.is_local() {
+                return Err(ExposureError::InsecureExposed(addr.clone()));
+            }
+            if matches!(addr, ListenAddr::Tcp(_))
+                && !addr.is_local()
+                && !tls
+                && !self.allow_plaintext
+            {
+                return Err(ExposureError::Plaintext(addr.clone()));
+            }
+        }
+        if self.insecure_no_caller_auth && self.callers.is_some() {
+            return Err(ExposureError::InsecureWithCallers);
+        }
+        Ok(())
     }
 }
 
@@ -115,8 +284,14 @@ mod tests {
     #[test]
     fn defaults_match_the_reference_registry() {
         let cli = Cli::try_parse_from(["credential-authority", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
-        assert_eq!(args.listen, "127.0.0.1:50051".parse().unwrap());
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.listen.len(), 1);
+        assert_eq!(args.listen[0].to_string(), "127.0.0.1:50051");
+        assert!(!args.insecure_no_caller_auth && !args.allow_plaintext);
+        assert_eq!(args.audit_failure, AuditFailureMode::Closed);
+        assert!(args.check_exposure().is_ok());
         assert_eq!(args.idle_timeout, Duration::from_secs(30 * 60));
         assert_eq!(args.max_lifetime, Duration::from_secs(30 * 86_400));
         assert_eq!(args.absolute_lifetime, None);
@@ -131,5 +306,67 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-5m").is_err());
+    }
+
+    fn serve(flags: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(
+            ["credential-authority", "serve"]
+                .iter()
+                .chain(flags)
+                .copied(),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Serve(args) => *args,
+            Command::Callers(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn exposure_beyond_loopback_needs_tls_and_keys() {
+        let public = serve(&["--listen", "0.0.0.0:50051"]);
+        assert!(matches!(
+            public.check_exposure(),
+            Err(ExposureError::Plaintext(_))
+        ));
+        assert!(serve(&["--listen", "0.0.0.0:1", "--allow-plaintext"])
+            .check_exposure()
+            .is_ok());
+        assert!(serve(&[
+            "--listen",
+            "0.0.0.0:1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem"
+        ])
+        .check_exposure()
+        .is_ok());
+        assert!(serve(&["--listen", "[::1]:1,unix:/run/x/sock"])
+            .check_exposure()
+            .is_ok());
+        assert!(matches!(
+            serve(&[
+                "--listen",
+                "0.0.0.0:1",
+                "--allow-plaintext",
+                "--insecure-no-caller-auth"
+            ])
+            .check_exposure(),
+            Err(ExposureError::InsecureExposed(_))
+        ));
+        assert!(serve(&[
+            "--insecure-no-caller-auth",
+            "--listen",
+            "127.0.0.1:0,unix:/r/s"
+        ])
+        .check_exposure()
+        .is_ok());
+        assert!(matches!(
+            serve(&["--insecure-no-caller-auth", "--callers", "c.toml"]).check_exposure(),
+            Err(ExposureError::InsecureWithCallers)
+        ));
+        // A TLS key without its certificate is refused by the parser.
+        assert!(Cli::try_parse_from(["credential-authority", "serve", "--tls-key", "k"]).is_err());
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use crate::auth::{AuthFailure, Role};
 use crate::store::{DeadCredential, DeathReason, Rejection};
 use crate::token::{CredentialId, MalformedToken};
 use crate::validate::FieldViolation;
@@ -51,6 +52,13 @@ pub enum Failure {
     /// The request has bad fields.
     #[error("invalid request ({} bad fields)", .0.len())]
     InvalidArgument(Vec<FieldViolation>),
+    /// The caller is not authenticated: its own key or certificate is
+    /// wrong. Says nothing about any agent's token.
+    #[error("caller not authenticated: {0}")]
+    CallerUnauthenticated(AuthFailure),
+    /// The caller is authenticated but may not do this.
+    #[error("caller forbidden")]
+    CallerForbidden(Forbidden),
     /// A transient condition; the same call may succeed after `retry_after`.
     #[error("unavailable: {message}")]
     Unavailable {
@@ -58,6 +66,25 @@ pub enum Failure {
         message: &'static str,
         /// How long to wait before retrying.
         retry_after: Duration,
+    },
+}
+
+/// Why an authenticated caller may not make a call.
+#[derive(Debug, Clone)]
+pub enum Forbidden {
+    /// Its roles lack the one the call needs.
+    MissingRole {
+        /// The caller's name.
+        caller: Arc<str>,
+        /// The RPC it called.
+        rpc: &'static str,
+        /// The role that RPC needs.
+        role: Role,
+    },
+    /// The call names credentials another caller minted; nothing changed.
+    NotOwned {
+        /// The credential named, when the call named one.
+        credential_id: Option<CredentialId>,
     },
 }
 
@@ -81,6 +108,29 @@ impl Failure {
         }
     }
 
+    /// Whether this failure refused the caller itself (not authenticated, or
+    /// not allowed): such calls are audited as denials.
+    pub fn is_caller_denial(&self) -> bool {
+        matches!(
+            self,
+            Failure::CallerUnauthenticated(_) | Failure::CallerForbidden(_)
+        )
+    }
+
+    /// What a denial's audit line says about it (never a secret).
+    pub fn denial_detail(&self) -> Option<String> {
+        match self {
+            Failure::CallerUnauthenticated(why) => Some(why.to_string()),
+            Failure::CallerForbidden(Forbidden::MissingRole { role, .. }) => {
+                Some(format!("missing role {}", role.as_str()))
+            }
+            Failure::CallerForbidden(Forbidden::NotOwned { .. }) => {
+                Some("credentials minted by another caller".to_owned())
+            }
+            _ => None,
+        }
+    }
+
     /// The stable `ErrorInfo.reason` (see `ErrorReason` in the proto).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -90,14 +140,19 @@ impl Failure {
             Failure::ScopeMissing { .. } => "TOKEN_SCOPE_MISSING",
             Failure::InvalidArgument(_) => "INVALID_REQUEST",
             Failure::Unavailable { .. } => "SERVICE_UNAVAILABLE",
+            Failure::CallerUnauthenticated(_) => "CALLER_UNAUTHENTICATED",
+            Failure::CallerForbidden(_) => "CALLER_FORBIDDEN",
         }
     }
 
     /// The gRPC code.
     pub fn code(&self) -> Code {
         match self {
-            Failure::Malformed(_) | Failure::Unknown | Failure::Dead(_) => Code::Unauthenticated,
-            Failure::ScopeMissing { .. } => Code::PermissionDenied,
+            Failure::Malformed(_)
+            | Failure::Unknown
+            | Failure::Dead(_)
+            | Failure::CallerUnauthenticated(_) => Code::Unauthenticated,
+            Failure::ScopeMissing { .. } | Failure::CallerForbidden(_) => Code::PermissionDenied,
             Failure::TargetUnknown => Code::NotFound,
             Failure::TargetDead(_) => Code::FailedPrecondition,
             Failure::InvalidArgument(_) => Code::InvalidArgument,
@@ -110,6 +165,7 @@ impl Failure {
         match self {
             Failure::Dead(dead) | Failure::TargetDead(dead) => Some(dead.credential_id),
             Failure::ScopeMissing { credential_id, .. } => Some(*credential_id),
+            Failure::CallerForbidden(Forbidden::NotOwned { credential_id }) => *credential_id,
             _ => None,
         }
     }
@@ -123,8 +179,45 @@ impl Failure {
         let code = self.code();
         let mut details = ErrorDetails::new();
         let message = match self {
+            Failure::Malformed(
+                why @ (MalformedToken::BearerPrefix | MalformedToken::CallerKey),
+            ) => {
+                format!(
+                    "{why}; this request cannot succeed as sent: fix it, do not retry it unchanged"
+                )
+            }
             Failure::Malformed(why) => {
                 format!("{why}: it was not minted by this service; {NEVER_AGAIN}")
+            }
+            Failure::CallerUnauthenticated(why) => format!(
+                "{why}; this is about the caller's own key, not an agent's token: fix the \
+                 caller's configuration and do not log any agent out for it; retrying \
+                 unchanged cannot succeed"
+            ),
+            Failure::CallerForbidden(Forbidden::MissingRole { caller, rpc, role }) => {
+                metadata.insert("caller".to_owned(), caller.to_string());
+                metadata.insert("required_role".to_owned(), role.as_str().to_owned());
+                format!(
+                    "caller {caller} may not call {rpc}: that needs the role `{}` (or `admin`); \
+                     give the caller that role in the callers file or use another caller's \
+                     key; no agent's token is affected",
+                    role.as_str()
+                )
+            }
+            Failure::CallerForbidden(Forbidden::NotOwned { credential_id }) => {
+                let what = match credential_id {
+                    Some(id) => {
+                        metadata.insert("credential_id".to_owned(), id.to_string());
+                        format!("credential {id} was minted by another caller")
+                    }
+                    None => {
+                        "the credentials this call names were minted by another caller".to_owned()
+                    }
+                };
+                format!(
+                    "{what}: a caller acts only on the credentials it minted (an admin on \
+                     all); nothing was changed and no agent's token is affected"
+                )
             }
             Failure::Unknown => format!(
                 "token is not known to this service (never minted here, or dead for longer \
@@ -218,6 +311,9 @@ impl From<Rejection> for Failure {
                 thread_id,
                 scope,
             },
+            Rejection::NotOwned { credential_id } => {
+                Failure::CallerForbidden(Forbidden::NotOwned { credential_id })
+            }
         }
     }
 }

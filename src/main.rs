@@ -1,13 +1,19 @@
 //! The `credential-authority` binary: parses the command line, sets up
-//! logging, binds the listener and hands over to [`server::run`].
+//! logging, binds the listeners and hands over to [`server::run`]; or runs
+//! a `callers` command.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use credential_authority::clock::SystemClock;
-use credential_authority::config::{Cli, Command};
-use credential_authority::{server, telemetry};
+use credential_authority::config::{Cli, Command, ServeArgs};
+use credential_authority::server::{Callers, ServerSettings};
+use credential_authority::transport::Transport;
+use credential_authority::{auth, server, state_dir, telemetry};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::{wrappers::SignalStream, Stream, StreamExt as _};
 
 /// See [`credential_authority::allocator`].
 #[global_allocator]
@@ -16,42 +22,90 @@ static GLOBAL: credential_authority::allocator::Allocator =
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Callers(args) => Ok(auth::cli::run(&args, &mut std::io::stdout().lock())?),
+    }
+}
+
+/// `credential-authority serve`.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _log_flush = telemetry::init(args.log_format);
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    args.check_exposure()?;
+    let callers = if args.insecure_no_caller_auth {
+        Callers::Insecure
+    } else {
+        Callers::File(callers_file(&args)?)
+    };
+    let transport = Transport::bind(args.transport_config())
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
+        .context("cannot listen")?;
     tracing::info!(
-        %addr,
         idle_timeout = %humantime::format_duration(args.idle_timeout),
         max_lifetime = %humantime::format_duration(args.max_lifetime),
         absolute_lifetime = %args.absolute_lifetime.map_or("off".into(), |d| humantime::format_duration(d).to_string()),
-        "listening"
+        "lifetimes"
     );
-    let settings = server::ServerSettings {
+    for bound in transport.bound() {
+        tracing::info!(
+            addr = %bound.addr,
+            tls = bound.tls,
+            client_certificates = bound.client_certificates,
+            "listening"
+        );
+    }
+    let settings = ServerSettings {
         store: args.store_config(),
         shutdown_grace: args.shutdown_grace,
+        callers,
+        audit: args.audit_config(),
+        reflection: !args.disable_reflection,
     };
     server::run(
-        listener,
+        transport,
         settings,
         Arc::new(SystemClock::new()),
         shutdown_signal(),
+        reload_signals()?,
     )
     .await?;
     Ok(())
 }
 
+/// The callers file: `--callers`, or the state directory's, created with an
+/// admin key on first start.
+fn callers_file(args: &ServeArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.callers {
+        return Ok(path.clone());
+    }
+    let dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => state_dir::default_state_dir()?,
+    };
+    let bootstrap = state_dir::bootstrap(&dir)?;
+    if let Some(key) = &bootstrap.admin_key_path {
+        // The path only: the key itself is never logged.
+        tracing::info!(
+            path = %key.display(),
+            "first start: wrote an admin caller key; read it with `export CA_KEY=$(cat {})`",
+            key.display()
+        );
+    }
+    Ok(bootstrap.callers_path)
+}
+
 /// Completes on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("cannot install SIGINT handler");
     tokio::select! {
         _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
         _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
     }
+}
+
+/// One item per SIGHUP.
+fn reload_signals() -> anyhow::Result<impl Stream<Item = ()> + Send + Unpin + 'static> {
+    let hangups = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    Ok(SignalStream::new(hangups).map(|()| tracing::info!(signal = "SIGHUP", "reloading")))
 }

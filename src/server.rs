@@ -1,36 +1,56 @@
 //! Server wiring, shared alike by `main` and the tests: the authority, health
-//! and reflection services on one listener, with graceful shutdown.
+//! and reflection services on the bound listeners, with reload on SIGHUP and
+//! graceful shutdown.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::audit::{AuditConfig, AuditError, AuditLog};
+use crate::auth::file::CallersFileError;
+use crate::auth::{file, Authenticator, CallerSet};
 use crate::clock::Clock;
 use crate::pb;
 use crate::pb::credential_authority_server::CredentialAuthorityServer;
 use crate::request_id::RequestIdLayer;
 use crate::service::AuthorityService;
 use crate::store::{Store, StoreConfig};
+use crate::transport::{TlsReloader, Transport};
 
 /// The fully qualified name of the authority service, as health reports it.
 pub const SERVICE_NAME: &str = "credential_authority.v1.CredentialAuthority";
 
-/// What the server needs besides its listener.
+/// Who may call.
+#[derive(Debug, Clone)]
+pub enum Callers {
+    /// The callers of this file, re-read on every reload.
+    File(PathBuf),
+    /// Everyone, as an admin (`--insecure-no-caller-auth`).
+    Insecure,
+}
+
+/// What the server needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// The store's limits.
     pub store: StoreConfig,
     /// How long in-flight calls may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Who may call.
+    pub callers: Callers,
+    /// Where the audit trail goes and what a failed write does.
+    pub audit: AuditConfig,
+    /// Whether server reflection is served.
+    pub reflection: bool,
 }
 
-/// Why the server stopped abnormally.
+/// Why the server stopped abnormally, or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The transport failed.
@@ -39,21 +59,53 @@ pub enum ServerError {
     /// The reflection service could not be built from the descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The callers file could not be loaded at start.
+    #[error("{0}")]
+    Callers(#[from] CallersFileError),
+    /// The audit trail could not be opened.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
-/// Serves on `listener` until `shutdown` completes, then drains: health goes
-/// NOT_SERVING, new calls are refused with UNAVAILABLE, and in-flight calls
-/// get `shutdown_grace` to finish. Returns `Ok` after a clean or graceful stop.
+/// Serves on `transport` until `shutdown` completes, then drains: health
+/// goes NOT_SERVING, new calls are refused with UNAVAILABLE, and in-flight
+/// calls get `shutdown_grace` to finish. Each item of `reloads` (SIGHUP in
+/// `main`) re-reads the callers file, the TLS certificate and key, and
+/// reopens the audit file; what fails to load is logged and the previous
+/// version stays in force. Returns `Ok` after a clean or graceful stop.
 pub async fn run(
-    listener: TcpListener,
+    transport: Transport,
     settings: ServerSettings,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
+    reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), ServerError> {
+    let auth = match &settings.callers {
+        Callers::File(path) => {
+            let callers = CallerSet::from_file(&file::load(path)?);
+            let (names, keys) = callers.counts();
+            tracing::info!(path = %path.display(), callers = names, keys, "caller authentication on");
+            Authenticator::new(callers)
+        }
+        Callers::Insecure => {
+            tracing::warn!(
+                "--insecure-no-caller-auth: every call is let in as an admin, without a key; \
+                 for experiments on loopback only"
+            );
+            Authenticator::insecure()
+        }
+    };
+    let audit = AuditLog::open(settings.audit.clone(), clock.clone())?;
     let store = Store::new(settings.store.clone(), clock);
     let _sweeper = store.spawn_sweeper();
     let draining = Arc::new(AtomicBool::new(false));
-    let authority = AuthorityService::new(store, settings.store.clone(), draining.clone());
+    let authority = AuthorityService::new(
+        store,
+        settings.store.clone(),
+        draining.clone(),
+        auth.clone(),
+        audit.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -61,16 +113,30 @@ pub async fn run(
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
 
-    let reflection_v1 = reflection_builder().build_v1()?;
-    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+    let reloading = tokio::spawn(reload_on(
+        reloads,
+        Reloadable {
+            callers: settings.callers.clone(),
+            auth,
+            tls: transport.tls_reloader(),
+            audit,
+        },
+    ));
+    let incoming = transport.into_incoming();
+    // Held until the server has drained, so the Unix socket files go on a
+    // clean stop and not before.
+    let _sockets = incoming.socket_cleanup();
 
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = Server::builder()
+    let mut router = Server::builder()
         .layer(RequestIdLayer)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(health_service);
+    if settings.reflection {
+        router = router
+            .add_service(reflection_builder().build_v1()?)
+            .add_service(reflection_builder().build_v1alpha()?);
+    }
+    let serving = router
         .add_service(CredentialAuthorityServer::new(authority))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
@@ -78,11 +144,15 @@ pub async fn run(
     tokio::pin!(serving);
 
     tokio::select! {
-        result = &mut serving => return result.map_err(Into::into),
+        result = &mut serving => {
+            reloading.abort();
+            return result.map_err(Into::into);
+        }
         () = shutdown => {}
     }
 
     tracing::info!(grace = %humantime::format_duration(settings.shutdown_grace), "shutting down");
+    reloading.abort();
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -97,6 +167,51 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What a reload refreshes.
+struct Reloadable {
+    callers: Callers,
+    auth: Authenticator,
+    tls: Option<TlsReloader>,
+    audit: AuditLog,
+}
+
+/// Reloads on every item of `reloads`, each part on its own: a broken
+/// callers file does not stop a certificate rotation.
+async fn reload_on(mut reloads: impl Stream<Item = ()> + Unpin, parts: Reloadable) {
+    while reloads.next().await.is_some() {
+        if let Callers::File(path) = &parts.callers {
+            match file::load(path) {
+                Ok(loaded) => {
+                    let callers = CallerSet::from_file(&loaded);
+                    let (names, keys) = callers.counts();
+                    parts.auth.replace(callers);
+                    tracing::info!(path = %path.display(), callers = names, keys, "callers reloaded");
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "callers file refused; the previous callers stay in force"
+                ),
+            }
+        }
+        if let Some(tls) = &parts.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(error) => tracing::error!(
+                    %error,
+                    "TLS certificate refused; the previous one stays in force"
+                ),
+            }
+        }
+        match parts.audit.reopen() {
+            Ok(()) => tracing::debug!("audit trail reopened"),
+            Err(error) => tracing::error!(
+                %error,
+                "audit trail could not be reopened; writing to the previous file"
+            ),
+        }
+    }
 }
 
 /// Reflection over the contract, the error-detail types (so grpcurl can print

@@ -1,4 +1,5 @@
-//! The gRPC service: validates each request, calls the store, and turns the
+//! The gRPC service: authenticates the caller, checks its role, validates
+//! each request, calls the store, audits what changed, and turns the
 //! outcome into a response or a typed failure, with one log line per call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,16 +8,26 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditEvent, AuditLog, PeerKey};
+use crate::auth::{AuthFailure, Authenticator, Principal, Role};
 use crate::clock::Millis;
-use crate::error::Failure;
+use crate::error::{Failure, Forbidden};
 use crate::pb;
 use crate::request_id::RequestId;
-use crate::store::{NewCredential, Store, StoreConfig};
+use crate::store::{NewCredential, Reach, RevokeAllTarget, Store, StoreConfig};
 use crate::token::{self, CredentialId, Token};
+use crate::transport::{Peer, PeerInfo};
 use crate::validate::{FieldViolation, Violations};
 
 /// How long a caller turned away during shutdown should wait before retrying.
 const RETRY_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// How long a caller whose state change could not be audited (fail-closed
+/// audit trail) should wait before retrying.
+const RETRY_AFTER_AUDIT_FAILURE: Duration = Duration::from_secs(1);
+
+/// The metadata key that carries the caller's key.
+const AUTHORIZATION: &str = "authorization";
 
 /// The `CredentialAuthority` service.
 #[derive(Clone)]
@@ -24,76 +35,120 @@ pub struct AuthorityService {
     store: Store,
     limits: StoreConfig,
     draining: Arc<AtomicBool>,
+    auth: Authenticator,
+    audit: AuditLog,
 }
 
 impl AuthorityService {
-    /// A service over `store`, which enforces `limits`. Once `draining` is set
-    /// (shutdown began), new calls fail with UNAVAILABLE and RetryInfo.
-    pub fn new(store: Store, limits: StoreConfig, draining: Arc<AtomicBool>) -> Self {
+    /// A service over `store`, which enforces `limits`, letting in the
+    /// callers `auth` knows and writing the audit trail to `audit`. Once
+    /// `draining` is set (shutdown began), new calls fail with UNAVAILABLE
+    /// and RetryInfo.
+    pub fn new(
+        store: Store,
+        limits: StoreConfig,
+        draining: Arc<AtomicBool>,
+        auth: Authenticator,
+        audit: AuditLog,
+    ) -> Self {
         AuthorityService {
             store,
             limits,
             draining,
+            auth,
+            audit,
         }
     }
 
-    /// Starts a call: its request id and start time, or UNAVAILABLE when the
-    /// server is shutting down.
-    fn begin<T>(&self, method: &'static str, request: &Request<T>) -> Call {
+    /// Starts a call that needs `role`: its request id, start time, peer and
+    /// caller (authenticated here, authorised by [`AuthorityService::admit`]).
+    fn begin<T>(&self, method: &'static str, role: Role, request: &Request<T>) -> Call {
         // A clone of the id shares its bytes: no allocation per call.
         let request_id = request.extensions().get::<RequestId>().cloned();
+        let peer = request.extensions().get::<PeerInfo>();
+        let client_sans = peer.map_or(&[][..], |peer| &peer.client_sans[..]);
+        let authorization = request
+            .metadata()
+            .get(AUTHORIZATION)
+            .map(|value| value.as_bytes());
         Call {
             method,
+            role,
             request_id,
             started: Instant::now(),
             draining: self.draining.load(Ordering::Acquire),
+            caller: self.auth.authenticate(authorization, client_sans),
+            peer: peer.map(|peer| peer.peer.clone()),
         }
     }
-}
 
-/// One call in progress, for its log line.
-struct Call {
-    method: &'static str,
-    /// Always set by [`crate::request_id::RequestIdLayer`] in the server.
-    request_id: Option<RequestId>,
-    started: Instant,
-    draining: bool,
-}
-
-impl Call {
-    fn request_id(&self) -> &str {
-        self.request_id.as_ref().map_or("-", RequestId::as_str)
-    }
-
-    /// Fails the call early if the server is shutting down.
-    fn admit(&self) -> Result<(), Failure> {
-        if self.draining {
-            Err(Failure::Unavailable {
+    /// Lets the call in, or says why not: the server is draining, the
+    /// caller is not authenticated, or its roles lack the call's.
+    fn admit(&self, call: &Call) -> Result<Arc<Principal>, Failure> {
+        if call.draining {
+            return Err(Failure::Unavailable {
                 message: "the server is shutting down",
                 retry_after: RETRY_AFTER_SHUTDOWN,
-            })
-        } else {
-            Ok(())
+            });
         }
+        let caller = call
+            .caller
+            .clone()
+            .map_err(Failure::CallerUnauthenticated)?;
+        if !caller.roles.allow(call.role) {
+            return Err(Failure::CallerForbidden(Forbidden::MissingRole {
+                caller: caller.name.clone(),
+                rpc: call.method,
+                role: call.role,
+            }));
+        }
+        Ok(caller)
     }
 
-    /// Writes the call's log line and turns the outcome into the gRPC answer.
+    /// Writes the audit line of a state change, after the change and before
+    /// the reply. With a fail-closed trail a failed write fails the call as
+    /// retryable: the change (a revocation) stays in force.
+    fn audit(&self, call: &Call, event: AuditEvent<'_>) -> Result<(), Failure> {
+        let caller = call.caller.as_ref().ok();
+        let event = AuditEvent {
+            request_id: call.request_id(),
+            rpc: call.method,
+            outcome: "ok",
+            caller: caller.map(|c| &*c.name),
+            key_id: caller.and_then(|c| c.key_id.as_deref()),
+            ..event
+        };
+        self.audit.record(&event).map_err(|_| Failure::Unavailable {
+            message: "the audit trail could not be written, so the call did not complete \
+                          (a revocation it made stays in force)",
+            retry_after: RETRY_AFTER_AUDIT_FAILURE,
+        })
+    }
+
+    /// Writes the call's log line (and a denial's audit line) and turns the
+    /// outcome into the gRPC answer.
     fn finish<T>(
-        self,
+        &self,
+        call: Call,
         outcome: Result<T, Failure>,
         credential_id: Option<CredentialId>,
     ) -> Result<Response<T>, Status> {
-        let latency_us = self.started.elapsed().as_micros() as u64;
+        let latency_us = call.started.elapsed().as_micros() as u64;
         let credential_id = credential_id.or(match &outcome {
             Err(failure) => failure.credential_id(),
             Ok(_) => None,
         });
         let credential = tracing::field::display(LoggedId(credential_id));
+        let caller = call.caller.as_ref().ok();
+        let caller_name = caller.map_or("-", |c| &*c.name);
+        let key_id = caller.and_then(|c| c.key_id.as_deref()).unwrap_or("-");
         match outcome {
             Ok(response) => {
                 tracing::info!(
-                    method = %self.method,
-                    request_id = %self.request_id(),
+                    method = %call.method,
+                    request_id = %call.request_id(),
+                    caller = %caller_name,
+                    key_id = %key_id,
                     credential_id = credential,
                     outcome = %"OK",
                     latency_us,
@@ -103,17 +158,81 @@ impl Call {
             }
             Err(failure) => {
                 tracing::info!(
-                    method = %self.method,
-                    request_id = %self.request_id(),
+                    method = %call.method,
+                    request_id = %call.request_id(),
+                    caller = %caller_name,
+                    key_id = %key_id,
                     credential_id = credential,
                     outcome = %failure.reason(),
                     code = ?failure.code(),
                     latency_us,
                     "rpc"
                 );
-                Err(failure.into_status(self.request_id()))
+                if failure.is_caller_denial() {
+                    self.audit_denial(&call, &failure, credential_id);
+                }
+                Err(failure.into_status(call.request_id()))
             }
         }
+    }
+
+    /// The audit line of a refused caller, rate-limited per peer by the
+    /// audit trail. A denial never waits on the trail: its write failing
+    /// changes no answer.
+    fn audit_denial(&self, call: &Call, failure: &Failure, credential_id: Option<CredentialId>) {
+        let caller = call.caller.as_ref().ok();
+        let (peer_key, peer) = match &call.peer {
+            Some(Peer::Tcp(addr)) => (PeerKey::Ip(addr.ip()), addr.ip().to_string()),
+            Some(Peer::Unix { uid, .. }) => (PeerKey::Uid(*uid), format!("uid:{uid}")),
+            None => (PeerKey::Unknown, "-".to_owned()),
+        };
+        let credential_id = credential_id.map(|id| id.to_string());
+        let detail = failure.denial_detail();
+        let _ = self.audit.denied(
+            &peer_key,
+            &AuditEvent {
+                request_id: call.request_id(),
+                rpc: call.method,
+                outcome: failure.reason(),
+                caller: caller.map(|c| &*c.name),
+                key_id: caller.and_then(|c| c.key_id.as_deref()),
+                credential_id: credential_id.as_deref(),
+                peer: Some(&peer),
+                detail: detail.as_deref(),
+                ..AuditEvent::default()
+            },
+        );
+    }
+}
+
+/// One call in progress, for its log line.
+struct Call {
+    method: &'static str,
+    /// The role the call needs.
+    role: Role,
+    /// Always set by [`crate::request_id::RequestIdLayer`] in the server.
+    request_id: Option<RequestId>,
+    started: Instant,
+    draining: bool,
+    /// Who is calling, or why that is unknown.
+    caller: Result<Arc<Principal>, AuthFailure>,
+    /// Where the call came from (none outside a server, in unit tests).
+    peer: Option<Peer>,
+}
+
+impl Call {
+    fn request_id(&self) -> &str {
+        self.request_id.as_ref().map_or("-", RequestId::as_str)
+    }
+}
+
+/// Which credentials a caller's calls reach: every credential for an admin,
+/// its own otherwise.
+fn reach(caller: &Principal) -> Reach<'_> {
+    if caller.roles.is_admin() {
+        Reach::All
+    } else {
+        Reach::MintedBy(&caller.name)
     }
 }
 
@@ -144,10 +263,10 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         &self,
         request: Request<pb::MintRequest>,
     ) -> Result<Response<pb::MintResponse>, Status> {
-        let call = self.begin("Mint", &request);
+        let call = self.begin("Mint", Role::Mint, &request);
         let request = request.into_inner();
         let mut minted_id = None;
-        let outcome = call.admit().and_then(|()| {
+        let outcome = self.admit(&call).and_then(|caller| {
             let mut violations = Violations::default();
             let thread_id = violations.id("thread_id", &request.thread_id, true);
             let provider_instance_id =
@@ -175,29 +294,50 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 replace_previous: request.replace_previous,
                 scopes,
                 labels,
+                minted_by: &caller.name,
+                reach: reach(&caller),
             };
             let token = Token::generate();
-            let minted = self.store.mint(token.digest(), new);
+            let minted = self.store.mint(token.digest(), new.clone())?;
             minted_id = Some(minted.credential_id);
+            let credential_id = minted.credential_id.to_string();
+            let audited = self.audit(
+                &call,
+                AuditEvent {
+                    credential_id: Some(&credential_id),
+                    thread_id: Some(new.thread_id),
+                    provider_instance_id: Some(new.provider_instance_id),
+                    replaced: Some(minted.replaced),
+                    ..AuditEvent::default()
+                },
+            );
+            if let Err(failure) = audited {
+                // Fail closed: the token is never handed out, so its record
+                // goes too. What the replacement revoked stays revoked.
+                let _ = self
+                    .store
+                    .revoke_credential(&minted.credential_id, Reach::All);
+                return Err(failure);
+            }
             Ok(pb::MintResponse {
                 token: token.into_string(),
-                credential_id: minted.credential_id.to_string(),
+                credential_id,
                 expires_at: timestamp(minted.deadlines.expires_at),
                 idle_expires_at: timestamp(minted.deadlines.idle_expires_at),
                 replaced: minted.replaced,
             })
         });
-        call.finish(outcome, minted_id)
+        self.finish(call, outcome, minted_id)
     }
 
     async fn resolve(
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        let call = self.begin("Resolve", &request);
+        let call = self.begin("Resolve", Role::Resolve, &request);
         let request = request.get_ref();
         let mut resolved_id = None;
-        let outcome = call.admit().and_then(|()| {
+        let outcome = self.admit(&call).and_then(|_| {
             let mut violations = Violations::default();
             if request.token.is_empty() {
                 violations.add("token", "token is required");
@@ -222,34 +362,49 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect(),
+                    minted_by: view.minted_by.to_owned(),
                 }
             })?;
             Ok(response)
         });
-        call.finish(outcome, resolved_id)
+        self.finish(call, outcome, resolved_id)
     }
 
     async fn revoke_thread(
         &self,
         request: Request<pb::RevokeThreadRequest>,
     ) -> Result<Response<pb::RevokeThreadResponse>, Status> {
-        let call = self.begin("RevokeThread", &request);
-        let outcome = call.admit().and_then(|()| {
+        let call = self.begin("RevokeThread", Role::Mint, &request);
+        let outcome = self.admit(&call).and_then(|caller| {
             let mut violations = Violations::default();
             let thread_id = violations.id("thread_id", &request.get_ref().thread_id, true);
             violations.into_result(())?;
-            let revoked = self.store.revoke_thread(thread_id.unwrap_or_default());
-            Ok(pb::RevokeThreadResponse { revoked })
+            let thread_id = thread_id.unwrap_or_default();
+            let done = self.store.revoke_thread(thread_id, reach(&caller));
+            self.audit(
+                &call,
+                AuditEvent {
+                    thread_id: Some(thread_id),
+                    cause: Some("thread"),
+                    revoked: Some(done.revoked),
+                    not_owned: Some(done.not_owned),
+                    ..AuditEvent::default()
+                },
+            )?;
+            Ok(pb::RevokeThreadResponse {
+                revoked: done.revoked,
+                not_owned: done.not_owned,
+            })
         });
-        call.finish(outcome, None)
+        self.finish(call, outcome, None)
     }
 
     async fn revoke_all(
         &self,
         request: Request<pb::RevokeAllRequest>,
     ) -> Result<Response<pb::RevokeAllResponse>, Status> {
-        let call = self.begin("RevokeAll", &request);
-        let outcome = call.admit().and_then(|()| {
+        let call = self.begin("RevokeAll", Role::Mint, &request);
+        let outcome = self.admit(&call).and_then(|caller| {
             let mut violations = Violations::default();
             let instance = violations.id(
                 "provider_instance_id",
@@ -257,30 +412,63 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 false,
             );
             violations.into_result(())?;
-            let revoked = self.store.revoke_all(instance);
+            let target = match (reach(&caller), instance) {
+                (Reach::All, None) => RevokeAllTarget::Everything,
+                (Reach::All, Some(instance)) => RevokeAllTarget::Instance(instance),
+                (Reach::MintedBy(name), None) => RevokeAllTarget::MintedBy(name),
+                (Reach::MintedBy(name), Some(instance)) => RevokeAllTarget::MintedByForInstance {
+                    minted_by: name,
+                    provider_instance_id: instance,
+                },
+            };
+            let cause = match target {
+                RevokeAllTarget::Everything => "all",
+                RevokeAllTarget::MintedBy(_) => "caller",
+                _ => "provider_instance",
+            };
+            let revoked = self.store.revoke_all(target);
+            self.audit(
+                &call,
+                AuditEvent {
+                    provider_instance_id: instance,
+                    cause: Some(cause),
+                    revoked: Some(revoked),
+                    ..AuditEvent::default()
+                },
+            )?;
             Ok(pb::RevokeAllResponse { revoked })
         });
-        call.finish(outcome, None)
+        self.finish(call, outcome, None)
     }
 
     async fn revoke_credential(
         &self,
         request: Request<pb::RevokeCredentialRequest>,
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
-        let call = self.begin("RevokeCredential", &request);
+        let call = self.begin("RevokeCredential", Role::Mint, &request);
         let mut target = None;
-        let outcome = call.admit().and_then(|()| {
+        let outcome = self.admit(&call).and_then(|caller| {
             let mut violations = Violations::default();
             let credential_id =
                 violations.credential_id("credential_id", &request.get_ref().credential_id);
             violations.into_result(())?;
-            target = credential_id;
+            let credential_id = credential_id.expect("validated");
+            target = Some(credential_id);
             let revoked = self
                 .store
-                .revoke_credential(&credential_id.expect("validated"));
+                .revoke_credential(&credential_id, reach(&caller))?;
+            self.audit(
+                &call,
+                AuditEvent {
+                    credential_id: Some(&credential_id.to_string()),
+                    cause: Some("credential"),
+                    revoked: Some(revoked),
+                    ..AuditEvent::default()
+                },
+            )?;
             Ok(pb::RevokeCredentialResponse { revoked })
         });
-        call.finish(outcome, target)
+        self.finish(call, outcome, target)
     }
 
     async fn touch(
@@ -288,9 +476,9 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
         use pb::touch_request::Target;
-        let call = self.begin("Touch", &request);
+        let call = self.begin("Touch", Role::Mint, &request);
         let mut target_id = None;
-        let outcome = call.admit().and_then(|()| {
+        let outcome = self.admit(&call).and_then(|caller| {
             let mut violations = Violations::default();
             let touched = match &request.get_ref().target {
                 Some(Target::CredentialId(id)) => {
@@ -300,14 +488,14 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     let id = id.expect("validated");
                     vec![self
                         .store
-                        .touch_credential(&id)
+                        .touch_credential(&id, reach(&caller))
                         .map_err(Failure::for_owner)?]
                 }
                 Some(Target::ThreadId(thread_id)) => {
                     let thread_id = violations.id("thread_id", thread_id, true);
                     violations.into_result(())?;
                     self.store
-                        .touch_thread(thread_id.unwrap_or_default())
+                        .touch_thread(thread_id.unwrap_or_default(), reach(&caller))
                         .map_err(Failure::for_owner)?
                 }
                 None => {
@@ -328,7 +516,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     .collect(),
             })
         });
-        call.finish(outcome, target_id)
+        self.finish(call, outcome, target_id)
     }
 }
 
@@ -339,12 +527,38 @@ mod tests {
     use crate::pb::credential_authority_server::CredentialAuthority as _;
     use tonic_types::StatusExt as _;
 
+    /// A service on a fake clock whose audit trail goes to a file in `dir`.
+    fn service_with(
+        auth: Authenticator,
+        dir: &std::path::Path,
+    ) -> (AuthorityService, Store, Arc<AtomicBool>) {
+        let clock = Arc::new(FakeClock::new(1_800_000_000_000));
+        let store = Store::new(StoreConfig::default(), clock.clone());
+        let draining = Arc::new(AtomicBool::new(false));
+        let audit = AuditLog::open(
+            crate::audit::AuditConfig {
+                sink: crate::audit::AuditSink::File(dir.join("audit.jsonl")),
+                failure: crate::audit::AuditFailureMode::Closed,
+                denials_per_second: 10,
+                denial_burst: 10,
+            },
+            clock,
+        )
+        .unwrap();
+        let service = AuthorityService::new(
+            store.clone(),
+            StoreConfig::default(),
+            draining.clone(),
+            auth,
+            audit,
+        );
+        (service, store, draining)
+    }
+
     #[tokio::test]
     async fn calls_during_shutdown_are_refused_as_retryable() {
-        let store = Store::new(StoreConfig::default(), Arc::new(FakeClock::new(0)));
-        let draining = Arc::new(AtomicBool::new(false));
-        let service =
-            AuthorityService::new(store.clone(), StoreConfig::default(), draining.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let (service, store, draining) = service_with(Authenticator::insecure(), dir.path());
         let request = || {
             Request::new(pb::MintRequest {
                 thread_id: "t".into(),

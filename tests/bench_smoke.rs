@@ -28,6 +28,8 @@ fn benchmark_suite_runs_in_smoke_mode() {
         "| Resolve, while the sweeper removes them |",
         "| Health/Check |",
         "| Mint |",
+        "| Resolve, caller authentication off |",
+        "gRPC Resolve with caller authentication >= 0.95x Resolve without",
         "| GETEX key EX 1800 |",
         "resident bytes per credential",
         "Machine: ",
@@ -37,8 +39,8 @@ fn benchmark_suite_runs_in_smoke_mode() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let figures = json["figures"].as_array().unwrap();
-    // 2 sizes x (4 per thread count x 2 + 2 + 1) + storm 2 + gRPC 3 + Redis 1.
-    assert!(figures.len() >= 28, "{} figures", figures.len());
+    // 2 sizes x (4 per thread count x 2 + 2 + 1) + storm 2 + gRPC 4 + Redis 1.
+    assert!(figures.len() >= 29, "{} figures", figures.len());
     assert!(figures
         .iter()
         .all(|f| f["ops_per_sec"].as_f64().unwrap() > 0.0));

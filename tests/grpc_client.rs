@@ -5,9 +5,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::Server;
+use common::{client, Client, Server};
 use credential_authority::pb;
-use credential_authority::pb::credential_authority_client::CredentialAuthorityClient;
 use credential_authority::token::Token;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -17,12 +16,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt as _;
 
 const SERVICE: &str = "credential_authority.v1.CredentialAuthority";
-
-async fn client(server: &Server) -> CredentialAuthorityClient<Channel> {
-    CredentialAuthorityClient::connect(server.url())
-        .await
-        .expect("connects")
-}
 
 fn mint_request(thread_id: &str, instance: &str) -> pb::MintRequest {
     pb::MintRequest {
@@ -40,10 +33,7 @@ fn duration(d: Duration) -> Option<prost_types::Duration> {
     })
 }
 
-async fn mint(
-    client: &mut CredentialAuthorityClient<Channel>,
-    request: pb::MintRequest,
-) -> pb::MintResponse {
+async fn mint(client: &mut Client, request: pb::MintRequest) -> pb::MintResponse {
     client
         .mint(request)
         .await
@@ -51,10 +41,7 @@ async fn mint(
         .into_inner()
 }
 
-async fn resolve(
-    client: &mut CredentialAuthorityClient<Channel>,
-    token: &str,
-) -> Result<pb::ResolveResponse, Status> {
+async fn resolve(client: &mut Client, token: &str) -> Result<pb::ResolveResponse, Status> {
     client
         .resolve(pb::ResolveRequest {
             token: token.into(),
@@ -312,10 +299,7 @@ async fn request_ids_are_echoed_and_logged() {
 }
 
 /// Sends a Mint and returns the fields named in its BadRequest.
-async fn bad_mint_fields(
-    client: &mut CredentialAuthorityClient<Channel>,
-    request: pb::MintRequest,
-) -> Vec<String> {
+async fn bad_mint_fields(client: &mut Client, request: pb::MintRequest) -> Vec<String> {
     let status = client
         .mint(request)
         .await

@@ -308,17 +308,20 @@ fn bad_input_for_every_field() {
 fn caller_request_id_comes_back_in_headers_and_error() {
     let server = Server::start(&[]);
     let addr = server.addr.to_string();
-    let run = grpcurl(&[
-        "-plaintext",
-        "-v",
-        "-format-error",
-        "-H",
-        "x-request-id: support-ticket-77",
-        "-d",
-        r#"{"token":"nope"}"#,
-        &addr,
-        &format!("{SERVICE}/Resolve"),
-    ]);
+    let run = grpcurl_as(
+        Some(server.admin_key()),
+        &[
+            "-plaintext",
+            "-v",
+            "-format-error",
+            "-H",
+            "x-request-id: support-ticket-77",
+            "-d",
+            r#"{"token":"nope"}"#,
+            &addr,
+            &format!("{SERVICE}/Resolve"),
+        ],
+    );
     assert_eq!(run.code, 64 + 16);
     let all = format!("{}{}", run.stdout, run.stderr);
     assert!(all.contains("x-request-id: support-ticket-77"), "{all}");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use credential_authority::clock::{Clock, FakeClock};
 use credential_authority::store::{
-    DeathReason, NewCredential, Rejection, RevocationCause, Store, StoreConfig,
+    DeathReason, NewCredential, Reach, Rejection, RevocationCause, RevokeAllTarget, Store,
+    StoreConfig,
 };
 use credential_authority::token::{CredentialId, Token, TokenDigest};
 
@@ -34,7 +35,7 @@ fn new<'a>(thread_id: &'a str, instance: &'a str) -> NewCredential<'a> {
 
 fn mint_with(store: &Store, new: NewCredential<'_>) -> (TokenDigest, CredentialId, u64) {
     let digest = Token::generate().digest();
-    let minted = store.mint(digest, new);
+    let minted = store.mint(digest, new).unwrap();
     (digest, minted.credential_id, minted.replaced)
 }
 
@@ -69,16 +70,25 @@ fn revoking_one_credential_leaves_the_rest_of_the_thread_working() {
     let (store, _clock) = default_store();
     let (codex, codex_id) = mint(&store, "thread", "codex-1");
     let (claude, _) = mint(&store, "thread", "claude-1");
-    assert_eq!(store.revoke_credential(&codex_id), 1);
-    assert_eq!(store.revoke_credential(&codex_id), 0, "idempotent");
-    assert_eq!(store.revoke_credential(&CredentialId::generate()), 0);
+    assert_eq!(store.revoke_credential(&codex_id, Reach::All).unwrap(), 1);
+    assert_eq!(
+        store.revoke_credential(&codex_id, Reach::All).unwrap(),
+        0,
+        "idempotent"
+    );
+    assert_eq!(
+        store
+            .revoke_credential(&CredentialId::generate(), Reach::All)
+            .unwrap(),
+        0
+    );
     assert_eq!(
         death(store.resolve(&codex, None)),
         DeathReason::Revoked(RevocationCause::Credential)
     );
     assert!(store.resolve(&claude, None).is_ok());
     // The thread now holds one live credential.
-    assert_eq!(store.revoke_thread("thread"), 1);
+    assert_eq!(store.revoke_thread("thread", Reach::All).revoked, 1);
 }
 
 #[test]
@@ -109,7 +119,7 @@ fn replace_previous_does_not_count_credentials_already_dead() {
     let (store, clock) = default_store();
     let (stale, _) = mint(&store, "t", "i");
     let (revoked, revoked_id) = mint(&store, "t", "i");
-    store.revoke_credential(&revoked_id);
+    store.revoke_credential(&revoked_id, Reach::All).unwrap();
     clock.advance(31 * MINUTE);
     let (_, _, replaced) = rotate(&store, "t", "i");
     assert_eq!(replaced, 0);
@@ -182,8 +192,8 @@ fn concurrent_rotations_leave_exactly_one_live_credential() {
         4 * 500 - 1,
         "each rotation replaced exactly its predecessor"
     );
-    assert_eq!(store.touch_thread("t").unwrap().len(), 1);
-    assert_eq!(store.revoke_thread("t"), 1);
+    assert_eq!(store.touch_thread("t", Reach::All).unwrap().len(), 1);
+    assert_eq!(store.revoke_thread("t", Reach::All).revoked, 1);
 }
 
 #[test]
@@ -193,7 +203,7 @@ fn touch_by_credential_keeps_an_unused_credential_alive() {
     let (witness, _) = mint(&store, "t", "i");
     for _ in 0..10 {
         clock.advance(20 * MINUTE);
-        let touched = store.touch_credential(&id).unwrap();
+        let touched = store.touch_credential(&id, Reach::All).unwrap();
         assert_eq!(touched.credential_id, id);
         assert_eq!(
             touched.deadlines.idle_expires_at,
@@ -219,7 +229,7 @@ fn touch_by_thread_renews_every_live_credential_of_the_thread() {
     let (b, b_id) = mint(&store, "t", "codex-1");
     let (other, _) = mint(&store, "other", "claude-1");
     clock.advance(20 * MINUTE);
-    let touched = store.touch_thread("t").unwrap();
+    let touched = store.touch_thread("t", Reach::All).unwrap();
     let mut ids: Vec<_> = touched.iter().map(|t| t.credential_id).collect();
     ids.sort_by_key(|id| id.to_string());
     let mut expected = vec![a_id, b_id];
@@ -241,12 +251,18 @@ fn touch_never_passes_the_absolute_lifetime() {
     let (digest, id) = mint(&store, "t", "i");
     for _ in 0..11 {
         clock.advance(10 * MINUTE);
-        let touched = store.touch_credential(&id).unwrap();
+        let touched = store.touch_credential(&id, Reach::All).unwrap();
         assert!(touched.deadlines.expires_at <= START + ms(2 * HOUR));
     }
     clock.advance(10 * MINUTE);
-    assert_eq!(death(store.touch_credential(&id)), DeathReason::Expired);
-    assert_eq!(death(store.touch_thread("t")), DeathReason::Expired);
+    assert_eq!(
+        death(store.touch_credential(&id, Reach::All)),
+        DeathReason::Expired
+    );
+    assert_eq!(
+        death(store.touch_thread("t", Reach::All)),
+        DeathReason::Expired
+    );
     assert_eq!(death(store.resolve(&digest, None)), DeathReason::Expired);
 }
 
@@ -255,35 +271,99 @@ fn touch_never_revives_and_gives_the_reason_resolve_would() {
     let (store, clock) = default_store();
     let (idle, idle_id) = mint(&store, "idle", "i");
     let (_, revoked_id) = mint(&store, "revoked", "i");
-    store.revoke_thread("revoked");
+    store.revoke_thread("revoked", Reach::All);
     clock.advance(30 * MINUTE);
     assert_eq!(
-        death(store.touch_credential(&idle_id)),
+        death(store.touch_credential(&idle_id, Reach::All)),
         DeathReason::IdleTimeout
     );
-    assert_eq!(death(store.touch_thread("idle")), DeathReason::IdleTimeout);
+    assert_eq!(
+        death(store.touch_thread("idle", Reach::All)),
+        DeathReason::IdleTimeout
+    );
     assert_eq!(death(store.resolve(&idle, None)), DeathReason::IdleTimeout);
     assert_eq!(
-        death(store.touch_credential(&revoked_id)),
+        death(store.touch_credential(&revoked_id, Reach::All)),
         DeathReason::Revoked(RevocationCause::Thread)
     );
     // Once swept, the tombstone still answers by credential id.
     store.sweep();
     assert_eq!(store.record_count(), 0);
     assert_eq!(
-        death(store.touch_credential(&idle_id)),
+        death(store.touch_credential(&idle_id, Reach::All)),
         DeathReason::IdleTimeout
     );
     assert!(matches!(
-        store.touch_credential(&CredentialId::generate()),
+        store.touch_credential(&CredentialId::generate(), Reach::All),
         Err(Rejection::Unknown)
     ));
+    // The thread remembers its newest death too, so Touch by thread agrees
+    // with Resolve after the records are gone.
+    assert_eq!(
+        death(store.touch_thread("revoked", Reach::All)),
+        DeathReason::Revoked(RevocationCause::Thread)
+    );
     assert!(matches!(
-        store.touch_thread("revoked"),
+        store.touch_thread("never", Reach::All),
         Err(Rejection::Unknown)
     ));
+}
+
+/// Touch by thread gives the reason Resolve gives for the thread's newest
+/// token, whatever removed the records: RevokeThread, RevokeCredential, a
+/// replacement or the sweeper. (Before, it answered TOKEN_UNKNOWN once the
+/// thread's list was empty.)
+#[test]
+fn touch_by_thread_agrees_with_resolve_once_the_records_are_gone() {
+    let (store, clock) = default_store();
+    // RevokeCredential of the only credential.
+    let (one, one_id) = mint(&store, "t-credential", "i");
+    store.revoke_credential(&one_id, Reach::All).unwrap();
+    // A replacement, then RevokeThread: the newest (the replacement) names
+    // the reason, not the replaced one.
+    let (old, _) = mint(&store, "t-rotated", "i");
+    let replacing = NewCredential {
+        replace_previous: true,
+        ..new("t-rotated", "i")
+    };
+    let newest = Token::generate().digest();
+    store.mint(newest, replacing).unwrap();
+    store.revoke_thread("t-rotated", Reach::All);
+    // Idle removal by the sweeper.
+    let (idle, _) = mint(&store, "t-idle", "i");
+    clock.advance(31 * MINUTE);
+    store.sweep();
+    assert_eq!(store.record_count(), 0);
+    for (thread, digest, reason) in [
+        (
+            "t-credential",
+            one,
+            DeathReason::Revoked(RevocationCause::Credential),
+        ),
+        (
+            "t-rotated",
+            newest,
+            DeathReason::Revoked(RevocationCause::Thread),
+        ),
+        ("t-idle", idle, DeathReason::IdleTimeout),
+    ] {
+        assert_eq!(death(store.resolve(&digest, None)), reason, "{thread}");
+        assert_eq!(
+            death(store.touch_thread(thread, Reach::All)),
+            reason,
+            "{thread}"
+        );
+    }
+    assert_eq!(
+        death(store.resolve(&old, None)),
+        DeathReason::Revoked(RevocationCause::Replaced)
+    );
+    // Bounded like tombstones: gone after the retention.
+    clock.advance(25 * 60 * MINUTE);
+    store.sweep();
+    assert_eq!(store.thread_tombstone_count(), 0);
     assert!(matches!(
-        store.touch_thread("never"),
+        store.touch_thread("t-idle", Reach::All),
         Err(Rejection::Unknown)
     ));
 }
@@ -302,14 +382,14 @@ fn touch_by_thread_reports_the_newest_death_when_nothing_is_live() {
         mint(&store, "t", order[0]);
         clock.advance(MINUTE);
         mint(&store, "t", order[1]);
-        store.revoke_all(Some("i-rev"));
+        store.revoke_all(RevokeAllTarget::Instance("i-rev"));
         clock.advance(31 * MINUTE);
         let expected = if revoked_first {
             DeathReason::IdleTimeout
         } else {
             DeathReason::Revoked(RevocationCause::ProviderInstance)
         };
-        assert_eq!(death(store.touch_thread("t")), expected);
+        assert_eq!(death(store.touch_thread("t", Reach::All)), expected);
     }
 }
 
@@ -317,13 +397,15 @@ fn touch_by_thread_reports_the_newest_death_when_nothing_is_live() {
 fn scopes_are_checked_and_a_refusal_neither_kills_nor_renews() {
     let (store, clock) = default_store();
     let digest = Token::generate().digest();
-    let minted = store.mint(
-        digest,
-        NewCredential {
-            scopes: Arc::from(["fs.read".into(), "shell.exec".into()]),
-            ..new("t", "i")
-        },
-    );
+    let minted = store
+        .mint(
+            digest,
+            NewCredential {
+                scopes: Arc::from(["fs.read".into(), "shell.exec".into()]),
+                ..new("t", "i")
+            },
+        )
+        .unwrap();
     let resolved = store.resolve(&digest, Some("fs.read")).unwrap();
     assert_eq!(resolved.scopes, ["fs.read", "shell.exec"]);
     clock.advance(20 * MINUTE);
@@ -358,7 +440,7 @@ fn scopes_are_checked_and_a_refusal_neither_kills_nor_renews() {
 fn dead_beats_scope_missing() {
     let (store, _clock) = default_store();
     let (digest, id) = mint(&store, "t", "i");
-    store.revoke_credential(&id);
+    store.revoke_credential(&id, Reach::All).unwrap();
     assert!(matches!(
         death(store.resolve(&digest, Some("anything"))),
         DeathReason::Revoked(_)
@@ -380,16 +462,18 @@ fn a_credential_without_scopes_passes_no_scope_check() {
 fn labels_come_back_from_resolve() {
     let (store, _clock) = default_store();
     let digest = Token::generate().digest();
-    store.mint(
-        digest,
-        NewCredential {
-            labels: Arc::from([
-                ("environment".into(), "env-7".into()),
-                ("provider_session".into(), "sess-42".into()),
-            ]),
-            ..new("t", "i")
-        },
-    );
+    store
+        .mint(
+            digest,
+            NewCredential {
+                labels: Arc::from([
+                    ("environment".into(), "env-7".into()),
+                    ("provider_session".into(), "sess-42".into()),
+                ]),
+                ..new("t", "i")
+            },
+        )
+        .unwrap();
     let resolved = store.resolve(&digest, None).unwrap();
     assert_eq!(resolved.labels.len(), 2);
     assert_eq!(resolved.labels[0].1, "env-7");
@@ -403,7 +487,7 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
     });
     let (_, revoked) = mint(&store, "a", "i");
     let (_, idle) = mint(&store, "b", "i");
-    store.revoke_credential(&revoked);
+    store.revoke_credential(&revoked, Reach::All).unwrap();
     assert_eq!(store.indexed_credential_ids(), 2);
     clock.advance(30 * MINUTE);
     store.sweep();
@@ -418,7 +502,7 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
     assert_eq!(store.tombstone_count(), 0);
     assert_eq!(store.indexed_credential_ids(), 0);
     assert!(matches!(
-        store.touch_credential(&idle),
+        store.touch_credential(&idle, Reach::All),
         Err(Rejection::Unknown)
     ));
 
@@ -427,7 +511,7 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
         ..StoreConfig::default()
     });
     let (_, id) = mint(&store, "a", "i");
-    store.revoke_credential(&id);
+    store.revoke_credential(&id, Reach::All).unwrap();
     assert_eq!(
         store.indexed_credential_ids(),
         0,

@@ -1,17 +1,34 @@
 //! The store against a plain model: long random sequences of every owner
-//! call and Resolve, checked call by call. The store's layout (slabs, slot
-//! indexes, per-thread lists through the records) is built for speed; the
-//! model is a list of credentials with a live flag, too simple to be wrong.
+//! call and Resolve, by several callers and an administrator, checked call
+//! by call: outcomes, counts, owners and the cause of every revocation. The
+//! store's layout (slabs, slot indexes, per-thread lists through the
+//! records, revocation scopes stamped by epoch) is built for speed; the
+//! model is a list of credentials with a state, too simple to be wrong.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use credential_authority::clock::FakeClock;
-use credential_authority::store::{NewCredential, Store, StoreConfig};
+use credential_authority::store::{
+    DeathReason, NewCredential, Reach, Rejection, RevocationCause, RevokeAllTarget, Store,
+    StoreConfig,
+};
 use credential_authority::token::{CredentialId, Token, TokenDigest};
 
 const START: u64 = 1_800_000_000_000;
+
+/// The callers that act: two that reach only what they minted, and an
+/// administrator that reaches everything.
+const ACTORS: [&str; 3] = ["adapter-a", "adapter-b", "admin"];
+
+fn reach(actor: usize) -> Reach<'static> {
+    if ACTORS[actor] == "admin" {
+        Reach::All
+    } else {
+        Reach::MintedBy(ACTORS[actor])
+    }
+}
 
 /// One credential as the model sees it.
 struct Modeled {
@@ -19,7 +36,23 @@ struct Modeled {
     id: CredentialId,
     thread: usize,
     instance: usize,
-    live: bool,
+    owner: usize,
+    /// `None` while live, else the revocation that ended it first.
+    dead: Option<RevocationCause>,
+}
+
+impl Modeled {
+    fn live(&self) -> bool {
+        self.dead.is_none()
+    }
+
+    fn within(&self, actor: usize) -> bool {
+        reach(actor).covers(ACTORS[self.owner])
+    }
+
+    fn kill(&mut self, cause: RevocationCause) {
+        self.dead.get_or_insert(cause);
+    }
 }
 
 /// A small deterministic generator, so a failure repeats.
@@ -46,6 +79,23 @@ fn instance_name(i: usize) -> String {
     format!("adapter-{i}")
 }
 
+fn is_not_owned<T: std::fmt::Debug>(result: &Result<T, Rejection>) -> bool {
+    matches!(result, Err(Rejection::NotOwned { .. }))
+}
+
+/// The model's answer for Resolve (and for Touch within reach).
+fn check_dead(result: Result<impl std::fmt::Debug, Rejection>, m: &Modeled, context: &str) {
+    match (result, m.dead) {
+        (Ok(_), None) => {}
+        (Err(Rejection::Dead(dead)), Some(cause)) => {
+            assert_eq!(dead.reason, DeathReason::Revoked(cause), "{context}");
+            assert_eq!(dead.credential_id, m.id, "{context}");
+            assert_eq!(&*dead.minted_by, ACTORS[m.owner], "{context}");
+        }
+        (other, expected) => panic!("{context}: got {other:?}, model says dead: {expected:?}"),
+    }
+}
+
 fn run(seed: u64, steps: usize) {
     let clock = FakeClock::new(START);
     let store = Store::new(StoreConfig::default(), Arc::new(clock.clone()));
@@ -57,7 +107,11 @@ fn run(seed: u64, steps: usize) {
         // Small steps only: nothing reaches its 30-minute idle timeout here.
         clock.advance(Duration::from_millis(rng.below(20) as u64));
         let roll = rng.below(100);
-        let context = format!("seed {seed} step {step} roll {roll}");
+        let actor = rng.below(ACTORS.len());
+        let context = format!(
+            "seed {seed} step {step} roll {roll} actor {}",
+            ACTORS[actor]
+        );
         match roll {
             0..=34 => {
                 let (thread, instance) = (rng.below(THREADS), rng.below(INSTANCES));
@@ -70,33 +124,38 @@ fn run(seed: u64, steps: usize) {
                         thread_id: &thread_id,
                         provider_instance_id: &instance_id,
                         replace_previous: replace,
+                        minted_by: ACTORS[actor],
+                        reach: reach(actor),
                         ..NewCredential::default()
                     },
                 );
-                let mut replaced = 0;
-                if replace {
-                    for m in model
-                        .iter_mut()
-                        .filter(|m| m.live && m.thread == thread && m.instance == instance)
-                    {
-                        m.live = false;
-                        replaced += 1;
-                    }
+                let previous = |m: &&mut Modeled| {
+                    replace && m.live() && m.thread == thread && m.instance == instance
+                };
+                if model.iter_mut().filter(previous).any(|m| !m.within(actor)) {
+                    assert!(is_not_owned(&minted), "{context}: {minted:?}");
+                    continue;
                 }
+                let mut replaced = 0;
+                for m in model.iter_mut().filter(previous) {
+                    m.kill(RevocationCause::Replaced);
+                    replaced += 1;
+                }
+                let minted = minted.expect(&context);
                 assert_eq!(minted.replaced, replaced, "{context}");
                 model.push(Modeled {
                     digest,
                     id: minted.credential_id,
                     thread,
                     instance,
-                    live: true,
+                    owner: actor,
+                    dead: None,
                 });
             }
             35..=54 if !model.is_empty() => {
                 let m = &model[rng.below(model.len())];
                 let resolved = store.resolve(&m.digest, None);
-                assert_eq!(resolved.is_ok(), m.live, "{context}");
-                if let Ok(resolved) = resolved {
+                if let Ok(resolved) = &resolved {
                     assert_eq!(resolved.credential_id, m.id, "{context}");
                     assert_eq!(resolved.thread_id, thread_name(m.thread), "{context}");
                     assert_eq!(
@@ -104,73 +163,118 @@ fn run(seed: u64, steps: usize) {
                         instance_name(m.instance),
                         "{context}"
                     );
+                    assert_eq!(resolved.minted_by, ACTORS[m.owner], "{context}");
                 }
+                check_dead(resolved, m, &context);
             }
             55..=64 if !model.is_empty() => {
                 let index = rng.below(model.len());
-                let revoked = store.revoke_credential(&model[index].id);
-                assert_eq!(revoked, u64::from(model[index].live), "{context}");
-                model[index].live = false;
+                let revoked = store.revoke_credential(&model[index].id, reach(actor));
+                if !model[index].within(actor) {
+                    assert!(is_not_owned(&revoked), "{context}: {revoked:?}");
+                    continue;
+                }
+                assert_eq!(
+                    revoked.unwrap(),
+                    u64::from(model[index].live()),
+                    "{context}"
+                );
+                model[index].kill(RevocationCause::Credential);
             }
             65..=72 => {
                 let thread = rng.below(THREADS);
-                let expected = model
-                    .iter()
-                    .filter(|m| m.live && m.thread == thread)
-                    .count();
-                let revoked = store.revoke_thread(&thread_name(thread));
-                assert_eq!(revoked as usize, expected, "{context}");
+                let done = store.revoke_thread(&thread_name(thread), reach(actor));
+                let (mut revoked, mut not_owned) = (0, 0);
                 for m in model.iter_mut().filter(|m| m.thread == thread) {
-                    m.live = false;
+                    match (m.within(actor), m.live()) {
+                        (true, live) => {
+                            revoked += u64::from(live);
+                            m.kill(RevocationCause::Thread);
+                        }
+                        (false, live) => not_owned += u64::from(live),
+                    }
                 }
+                assert_eq!(
+                    (done.revoked, done.not_owned),
+                    (revoked, not_owned),
+                    "{context}"
+                );
             }
             73..=84 => {
                 let thread = rng.below(THREADS);
-                let expected: HashSet<CredentialId> = model
-                    .iter()
-                    .filter(|m| m.live && m.thread == thread)
+                let on_thread = || model.iter().filter(|m| m.thread == thread && m.live());
+                let expected: HashSet<CredentialId> = on_thread()
+                    .filter(|m| m.within(actor))
                     .map(|m| m.id)
                     .collect();
-                match store.touch_thread(&thread_name(thread)) {
+                let touched = store.touch_thread(&thread_name(thread), reach(actor));
+                match touched {
                     Ok(touched) => {
                         let got: HashSet<CredentialId> =
                             touched.iter().map(|t| t.credential_id).collect();
                         assert_eq!(got, expected, "{context}");
                         assert_eq!(got.len(), touched.len(), "{context}: duplicates");
                     }
-                    Err(_) => assert!(expected.is_empty(), "{context}"),
+                    Err(Rejection::NotOwned { .. }) => {
+                        assert!(expected.is_empty(), "{context}");
+                        assert!(on_thread().next().is_some(), "{context}: none out of reach");
+                    }
+                    Err(_) => assert!(
+                        on_thread().next().is_none(),
+                        "{context}: refused a thread with live credentials"
+                    ),
                 }
             }
             85..=92 if !model.is_empty() => {
                 let m = &model[rng.below(model.len())];
-                assert_eq!(store.touch_credential(&m.id).is_ok(), m.live, "{context}");
-            }
-            93..=94 => {
-                let instance = (rng.below(3) > 0).then(|| rng.below(INSTANCES));
-                let expected = model
-                    .iter()
-                    .filter(|m| m.live && instance.is_none_or(|i| m.instance == i))
-                    .count();
-                let revoked = store.revoke_all(instance.map(instance_name).as_deref());
-                assert_eq!(revoked as usize, expected, "{context}");
-                for m in model
-                    .iter_mut()
-                    .filter(|m| instance.is_none_or(|i| m.instance == i))
-                {
-                    m.live = false;
+                let touched = store.touch_credential(&m.id, reach(actor));
+                if m.within(actor) {
+                    check_dead(touched, m, &context);
+                } else {
+                    assert!(is_not_owned(&touched), "{context}: {touched:?}");
                 }
+            }
+            93..=95 => {
+                let instance = (rng.below(3) > 0).then(|| rng.below(INSTANCES));
+                let instance_id = instance.map(instance_name);
+                let (target, cause) = match (reach(actor), instance_id.as_deref()) {
+                    (Reach::All, None) => (RevokeAllTarget::Everything, RevocationCause::All),
+                    (Reach::All, Some(id)) => (
+                        RevokeAllTarget::Instance(id),
+                        RevocationCause::ProviderInstance,
+                    ),
+                    (Reach::MintedBy(name), None) => {
+                        (RevokeAllTarget::MintedBy(name), RevocationCause::Caller)
+                    }
+                    (Reach::MintedBy(name), Some(id)) => (
+                        RevokeAllTarget::MintedByForInstance {
+                            minted_by: name,
+                            provider_instance_id: id,
+                        },
+                        RevocationCause::ProviderInstance,
+                    ),
+                };
+                let revoked = store.revoke_all(target);
+                let mut expected = 0;
+                for m in model.iter_mut().filter(|m| {
+                    m.live() && m.within(actor) && instance.is_none_or(|i| m.instance == i)
+                }) {
+                    m.kill(cause);
+                    expected += 1;
+                }
+                assert_eq!(revoked, expected, "{context}");
             }
             _ => {
                 store.sweep();
             }
         }
     }
-    // Every credential the model still calls live resolves; the rest do not.
+    // Every credential answers as the model says, reason and cause included.
     for m in &model {
-        assert_eq!(
-            store.resolve(&m.digest, None).is_ok(),
-            m.live,
-            "seed {seed} at the end"
+        check_dead(
+            store.resolve(&m.digest, None),
+            m,
+            &format!("seed {seed} at the end"),
         );
     }
     // Past every idle timeout, the sweeper leaves nothing behind.
@@ -180,7 +284,9 @@ fn run(seed: u64, steps: usize) {
     assert_eq!(store.queued_deadlines(), 0, "seed {seed}");
     for thread in 0..THREADS {
         assert!(
-            store.touch_thread(&thread_name(thread)).is_err(),
+            store
+                .touch_thread(&thread_name(thread), Reach::All)
+                .is_err(),
             "seed {seed}"
         );
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use credential_authority::clock::{Clock, FakeClock, SystemClock};
 use credential_authority::store::{
-    DeathReason, NewCredential, Rejection, RevocationCause, Store, StoreConfig,
+    DeathReason, NewCredential, Reach, Rejection, RevocationCause, RevokeAllTarget, Store,
+    StoreConfig,
 };
 use credential_authority::token::{Token, TokenDigest};
 
@@ -35,7 +36,7 @@ fn new<'a>(thread_id: &'a str, instance: &'a str) -> NewCredential<'a> {
 
 fn mint(store: &Store, thread_id: &str, instance: &str) -> TokenDigest {
     let digest = Token::generate().digest();
-    store.mint(digest, new(thread_id, instance));
+    store.mint(digest, new(thread_id, instance)).unwrap();
     digest
 }
 
@@ -54,7 +55,7 @@ fn ms(d: Duration) -> u64 {
 fn mint_reports_deadlines_and_resolve_returns_the_owner() {
     let (store, _clock) = default_store();
     let digest = Token::generate().digest();
-    let minted = store.mint(digest, new("thread-1", "claude-1"));
+    let minted = store.mint(digest, new("thread-1", "claude-1")).unwrap();
     assert_eq!(minted.deadlines.expires_at, START + ms(30 * DAY));
     assert_eq!(minted.deadlines.idle_expires_at, START + ms(30 * MINUTE));
     let resolved = store.resolve(&digest, None).unwrap();
@@ -98,13 +99,15 @@ fn unused_credential_dies_exactly_at_its_idle_timeout() {
 fn per_credential_idle_timeout_is_honoured() {
     let (store, clock) = default_store();
     let digest = Token::generate().digest();
-    let minted = store.mint(
-        digest,
-        NewCredential {
-            idle_timeout: Some(5 * MINUTE),
-            ..new("t", "i")
-        },
-    );
+    let minted = store
+        .mint(
+            digest,
+            NewCredential {
+                idle_timeout: Some(5 * MINUTE),
+                ..new("t", "i")
+            },
+        )
+        .unwrap();
     assert_eq!(minted.deadlines.idle_expires_at, START + ms(5 * MINUTE));
     clock.advance(5 * MINUTE);
     assert_eq!(death(&store, &digest), DeathReason::IdleTimeout);
@@ -135,7 +138,11 @@ fn steadily_used_credential_lives_far_past_its_first_expiry() {
         ..StoreConfig::default()
     });
     let digest = Token::generate().digest();
-    let first_expiry = store.mint(digest, new("t", "i")).deadlines.expires_at;
+    let first_expiry = store
+        .mint(digest, new("t", "i"))
+        .unwrap()
+        .deadlines
+        .expires_at;
     let mut previous = first_expiry;
     // Three days of a tool call every 20 minutes: nine times the max lifetime.
     for _ in 0..(3 * 24 * 3) {
@@ -161,14 +168,16 @@ fn expires_at_never_moves_backwards() {
     // the rule through a shorter override: renewal takes the max.
     let (store, clock) = default_store();
     let digest = Token::generate().digest();
-    let minted = store.mint(
-        digest,
-        NewCredential {
-            max_lifetime: Some(2 * HOUR),
-            idle_timeout: Some(30 * MINUTE),
-            ..new("t", "i")
-        },
-    );
+    let minted = store
+        .mint(
+            digest,
+            NewCredential {
+                max_lifetime: Some(2 * HOUR),
+                idle_timeout: Some(30 * MINUTE),
+                ..new("t", "i")
+            },
+        )
+        .unwrap();
     let mut previous = minted.deadlines.expires_at;
     for step in [1, 0, 5, 29, 0, 10] {
         clock.advance(step * MINUTE);
@@ -191,7 +200,7 @@ fn absolute_lifetime_wins_over_sliding_renewal() {
         ..StoreConfig::default()
     });
     let digest = Token::generate().digest();
-    store.mint(digest, new("t", "i"));
+    store.mint(digest, new("t", "i")).unwrap();
     let hard_limit = START + ms(2 * HOUR);
     for _ in 0..11 {
         clock.advance(10 * MINUTE);
@@ -212,7 +221,7 @@ fn idle_deadline_is_capped_by_expiry() {
         ..StoreConfig::default()
     });
     let digest = Token::generate().digest();
-    let minted = store.mint(digest, new("t", "i"));
+    let minted = store.mint(digest, new("t", "i")).unwrap();
     assert_eq!(minted.deadlines.expires_at, START + ms(10 * MINUTE));
     assert_eq!(minted.deadlines.idle_expires_at, START + ms(10 * MINUTE));
 }
@@ -223,9 +232,13 @@ fn revoke_thread_revokes_every_credential_of_the_thread_only() {
     let a = mint(&store, "thread-a", "claude-1");
     let b = mint(&store, "thread-a", "codex-1");
     let other = mint(&store, "thread-b", "claude-1");
-    assert_eq!(store.revoke_thread("thread-a"), 2);
-    assert_eq!(store.revoke_thread("thread-a"), 0, "idempotent");
-    assert_eq!(store.revoke_thread("never-seen"), 0);
+    assert_eq!(store.revoke_thread("thread-a", Reach::All).revoked, 2);
+    assert_eq!(
+        store.revoke_thread("thread-a", Reach::All).revoked,
+        0,
+        "idempotent"
+    );
+    assert_eq!(store.revoke_thread("never-seen", Reach::All).revoked, 0);
     for digest in [a, b] {
         assert_eq!(
             death(&store, &digest),
@@ -244,7 +257,7 @@ fn revoke_thread_does_not_count_credentials_that_were_already_dead() {
     let stale = mint(&store, "t", "i");
     clock.advance(31 * MINUTE);
     let fresh = mint(&store, "t", "i");
-    assert_eq!(store.revoke_thread("t"), 1);
+    assert_eq!(store.revoke_thread("t", Reach::All).revoked, 1);
     assert_eq!(death(&store, &stale), DeathReason::IdleTimeout);
     assert_eq!(
         death(&store, &fresh),
@@ -260,9 +273,13 @@ fn revoke_all_for_one_provider_instance_leaves_the_others() {
         mint(&store, "t2", "claude-1"),
     ];
     let codex = mint(&store, "t1", "codex-1");
-    assert_eq!(store.revoke_all(Some("claude-1")), 2);
-    assert_eq!(store.revoke_all(Some("claude-1")), 0, "idempotent");
-    assert_eq!(store.revoke_all(Some("nobody")), 0);
+    assert_eq!(store.revoke_all(RevokeAllTarget::Instance("claude-1")), 2);
+    assert_eq!(
+        store.revoke_all(RevokeAllTarget::Instance("claude-1")),
+        0,
+        "idempotent"
+    );
+    assert_eq!(store.revoke_all(RevokeAllTarget::Instance("nobody")), 0);
     for digest in &claude {
         assert_eq!(
             death(&store, digest),
@@ -275,7 +292,7 @@ fn revoke_all_for_one_provider_instance_leaves_the_others() {
         store.resolve(&after, None).is_ok(),
         "new credentials work again"
     );
-    assert_eq!(store.revoke_all(Some("claude-1")), 1);
+    assert_eq!(store.revoke_all(RevokeAllTarget::Instance("claude-1")), 1);
 }
 
 #[test]
@@ -284,10 +301,14 @@ fn revoke_all_revokes_everything_and_counts_only_live_ones() {
     let digests: Vec<_> = (0..10)
         .map(|i| mint(&store, &format!("t{i}"), &format!("i{}", i % 3)))
         .collect();
-    assert_eq!(store.revoke_thread("t0"), 1);
-    assert_eq!(store.revoke_all(Some("i1")), 3);
-    assert_eq!(store.revoke_all(None), 6);
-    assert_eq!(store.revoke_all(None), 0, "idempotent");
+    assert_eq!(store.revoke_thread("t0", Reach::All).revoked, 1);
+    assert_eq!(store.revoke_all(RevokeAllTarget::Instance("i1")), 3);
+    assert_eq!(store.revoke_all(RevokeAllTarget::Everything), 6);
+    assert_eq!(
+        store.revoke_all(RevokeAllTarget::Everything),
+        0,
+        "idempotent"
+    );
     for digest in &digests[1..] {
         assert!(matches!(death(&store, digest), DeathReason::Revoked(_)));
     }
@@ -301,7 +322,7 @@ fn revoke_all_revokes_everything_and_counts_only_live_ones() {
     );
     let after = mint(&store, "t", "i1");
     assert!(store.resolve(&after, None).is_ok());
-    assert_eq!(store.revoke_all(None), 1);
+    assert_eq!(store.revoke_all(RevokeAllTarget::Everything), 1);
 }
 
 #[test]
@@ -312,7 +333,7 @@ fn revoke_all_cost_does_not_depend_on_live_credentials() {
     for i in 0..10_000 {
         mint(&store, &format!("t{i}"), "i");
     }
-    assert_eq!(store.revoke_all(None), 10_000);
+    assert_eq!(store.revoke_all(RevokeAllTarget::Everything), 10_000);
     assert_eq!(store.record_count(), 10_000);
     assert_eq!(store.tombstone_count(), 0);
 }
@@ -322,7 +343,7 @@ fn tombstones_keep_the_reason_after_the_sweeper_removed_the_record() {
     let (store, clock) = default_store();
     let idle = mint(&store, "t-idle", "i");
     let revoked_by_instance = mint(&store, "t-rev", "i2");
-    store.revoke_all(Some("i2"));
+    store.revoke_all(RevokeAllTarget::Instance("i2"));
     clock.advance(30 * MINUTE);
     let report = store.sweep();
     assert_eq!(report.removed, 2);
@@ -342,7 +363,7 @@ fn tombstones_expire_after_their_retention() {
         ..StoreConfig::default()
     });
     let digest = mint(&store, "t", "i");
-    store.revoke_thread("t");
+    store.revoke_thread("t", Reach::All);
     clock.advance(24 * HOUR - Duration::from_millis(1));
     store.sweep();
     assert!(matches!(death(&store, &digest), DeathReason::Revoked(_)));
@@ -365,7 +386,7 @@ fn tombstones_are_bounded_in_count_oldest_first() {
         .map(|i| mint(&store, &format!("t{i}"), "i"))
         .collect();
     for i in 0..5 {
-        store.revoke_thread(&format!("t{i}"));
+        store.revoke_thread(&format!("t{i}"), Reach::All);
     }
     assert_eq!(store.tombstone_count(), 3);
     for digest in &digests[..2] {
@@ -385,13 +406,15 @@ fn sweeper_removes_what_expired_and_nothing_live() {
     let short: Vec<_> = (0..300)
         .map(|i| {
             let digest = Token::generate().digest();
-            store.mint(
-                digest,
-                NewCredential {
-                    idle_timeout: Some(MINUTE),
-                    ..new(&format!("short-{i}"), "i")
-                },
-            );
+            store
+                .mint(
+                    digest,
+                    NewCredential {
+                        idle_timeout: Some(MINUTE),
+                        ..new(&format!("short-{i}"), "i")
+                    },
+                )
+                .unwrap();
             digest
         })
         .collect();
@@ -437,7 +460,7 @@ fn sweeping_cleans_thread_index_so_revoke_thread_counts_nothing() {
     mint(&store, "t", "i");
     clock.advance(HOUR);
     store.sweep();
-    assert_eq!(store.revoke_thread("t"), 0);
+    assert_eq!(store.revoke_thread("t", Reach::All).revoked, 0);
 }
 
 #[test]
@@ -477,7 +500,7 @@ fn concurrent_resolve_never_succeeds_after_revoke_thread_returned() {
             .collect();
         barrier.wait();
         std::thread::yield_now();
-        let count = store.revoke_thread(&thread);
+        let count = store.revoke_thread(&thread, Reach::All).revoked;
         revoked.store(true, Ordering::SeqCst);
         for resolver in resolvers {
             resolver.join().unwrap();
@@ -522,8 +545,12 @@ fn concurrent_resolve_never_succeeds_after_revoke_all_returned() {
             })
             .collect();
         barrier.wait();
-        let instance = if round % 2 == 0 { Some("shared") } else { None };
-        let count = store.revoke_all(instance);
+        let target = if round % 2 == 0 {
+            RevokeAllTarget::Instance("shared")
+        } else {
+            RevokeAllTarget::Everything
+        };
+        let count = store.revoke_all(target);
         revoked.store(true, Ordering::SeqCst);
         for resolver in resolvers {
             resolver.join().unwrap();
@@ -544,10 +571,12 @@ fn concurrent_mint_and_revoke_keep_counts_and_indexes_consistent() {
                 for i in 0..2_000 {
                     mint(&store, &format!("t{}", i % 50), &format!("i{w}"));
                     if i % 97 == 0 {
-                        revoked += store.revoke_all(Some(&format!("i{w}")));
+                        revoked += store.revoke_all(RevokeAllTarget::Instance(&format!("i{w}")));
                     }
                     if i % 89 == 0 {
-                        revoked += store.revoke_thread(&format!("t{}", i % 50));
+                        revoked += store
+                            .revoke_thread(&format!("t{}", i % 50), Reach::All)
+                            .revoked;
                     }
                 }
                 revoked
@@ -555,7 +584,7 @@ fn concurrent_mint_and_revoke_keep_counts_and_indexes_consistent() {
         })
         .collect();
     let revoked: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    let remaining = store.revoke_all(None);
+    let remaining = store.revoke_all(RevokeAllTarget::Everything);
     // Every credential minted was counted exactly once by some revocation.
     assert_eq!(revoked + remaining, 4 * 2_000);
 }
@@ -565,13 +594,15 @@ async fn background_sweeper_removes_expired_credentials_on_its_own() {
     let store = Store::new(StoreConfig::default(), Arc::new(SystemClock::new()));
     let guard = store.spawn_sweeper();
     for i in 0..50 {
-        store.mint(
-            Token::generate().digest(),
-            NewCredential {
-                idle_timeout: Some(Duration::from_millis(50)),
-                ..new(&format!("t{i}"), "i")
-            },
-        );
+        store
+            .mint(
+                Token::generate().digest(),
+                NewCredential {
+                    idle_timeout: Some(Duration::from_millis(50)),
+                    ..new(&format!("t{i}"), "i")
+                },
+            )
+            .unwrap();
     }
     let live = mint(&store, "live", "i");
     // Bounded wait: the sweeper wakes at the 50 ms deadline.

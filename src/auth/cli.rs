@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use super::file::{self, CallersFile, CallersFileError, Role};
 use super::key::CallerKey;
-use crate::state_dir::{self, parent_dir, StateDirError, CALLERS_FILE};
+use crate::state_dir::{self, parent_dir, StateDirError};
 
 /// The `callers` subcommand: what to do, and which file to do it to.
 #[derive(Debug, clap::Args)]
@@ -142,8 +142,22 @@ fn callers_path(args: &CallersArgs, out: &mut dyn Write) -> Result<PathBuf, CliE
             Some(dir) => dir.clone(),
             None => state_dir::default_state_dir()?,
         };
-        state_dir::ensure_private_dir(&dir)?;
-        return Ok(dir.join(CALLERS_FILE));
+        // The same first start as the server's: a state directory's callers
+        // file always begins with its admin key, so that adding a caller
+        // before the first `serve` does not leave the server without one.
+        let bootstrap = state_dir::bootstrap(&dir)?;
+        if let Some(admin_key) = &bootstrap.admin_key_path {
+            writeln!(
+                out,
+                "First use of {}: wrote the admin caller key to {} (read it with \
+                 `export CA_KEY=$(cat {})`).",
+                dir.display(),
+                admin_key.display(),
+                admin_key.display()
+            )
+            .map_err(CliError::Output)?;
+        }
+        return Ok(bootstrap.callers_path);
     };
     let dir = parent_dir(path);
     match fs::metadata(dir) {
@@ -249,6 +263,7 @@ fn list(file: &CallersFile, out: &mut dyn Write) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::auth::key;
+    use crate::state_dir::CALLERS_FILE;
     use clap::Parser as _;
 
     /// Only for parsing arguments in tests, as the binary will.
@@ -415,11 +430,36 @@ mod tests {
             callers: None,
             state_dir: Some(dir.clone()),
         };
-        run(&add, &mut Vec::new()).unwrap();
+        let mut out = Vec::new();
+        run(&add, &mut out).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // The first use made the admin the server would have made, and said
+        // where its key is.
+        let callers = file::load(&dir.join(CALLERS_FILE)).unwrap().callers;
+        let names: Vec<&str> = callers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["admin", "a"]);
+        let admin_key = dir.join(crate::state_dir::ADMIN_KEY_FILE);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains(&admin_key.display().to_string()));
+        // A second use adds only what it is asked to.
+        let mut out = Vec::new();
+        run(
+            &CallersArgs {
+                command: CallersCommand::Add {
+                    name: "b".into(),
+                    roles: vec![Role::Resolve],
+                },
+                callers: None,
+                state_dir: Some(dir.clone()),
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("admin"));
         assert_eq!(
             file::load(&dir.join(CALLERS_FILE)).unwrap().callers.len(),
-            1
+            3
         );
     }
 

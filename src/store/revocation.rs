@@ -1,0 +1,332 @@
+//! RevokeAll in constant time, for every reach: everything, everything one
+//! caller minted, or one caller's credentials of one provider instance.
+//!
+//! Each of those is a [`Scope`]. Revoking a scope stamps it with a fresh
+//! revocation epoch; a record remembers the epoch current when it was
+//! minted, and is dead once any of its three scopes (its pair, its owner,
+//! the global one) carries a later stamp. Resolve reads three atomics that
+//! only RevokeAll writes; no revocation visits a record, and the sweeper
+//! removes revoked records lazily when their queued deadline falls due.
+//!
+//! RevokeAll also reports how many live credentials it ended. Each scope
+//! counts its live records; a count made stale by the revocation of an
+//! enclosing scope (the owner's or the global one) is reset the next time
+//! it is touched rather than by visiting every pair, so even the counts
+//! cost nothing per credential. Counting and stamping happen under one
+//! read-write lock: Mint and removal read it, RevokeAll writes it, Resolve
+//! never takes it. So a credential is counted by exactly one revocation.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use super::types::{RevocationCause, RevokeAllTarget};
+
+/// How many revocation epochs a scope remembers, to name the first
+/// revocation that hit a record. Records revoked by RevokeAll stay in
+/// memory only until their queued deadline (at most an idle timeout), so
+/// only a scope revoked more often than this within one idle timeout while
+/// holding live credentials each time could make a record report a later
+/// revocation than the one that ended it. Bounded so that a caller looping
+/// Mint and RevokeAll cannot grow it.
+const HISTORY: usize = 256;
+
+/// Something RevokeAll ends in one step.
+#[derive(Default)]
+pub(super) struct Scope {
+    /// The epoch of its latest revocation (0: never). Read by every
+    /// Resolve, written only under the revocation lock.
+    revoked_at: AtomicU64,
+    /// The epochs of its latest revocations, oldest first. Read only on
+    /// failures.
+    history: Mutex<VecDeque<u64>>,
+}
+
+impl Scope {
+    fn revoked_after(&self, epoch: u64) -> bool {
+        self.revoked_at.load(Ordering::Acquire) > epoch
+    }
+
+    fn stamp(&self, epoch: u64) {
+        let mut history = self.history.lock();
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(epoch);
+        drop(history);
+        self.revoked_at.store(epoch, Ordering::Release);
+    }
+
+    /// Its first revocation after `epoch`, if any (the oldest remembered
+    /// one when the first has been forgotten).
+    fn first_after(&self, epoch: u64) -> Option<u64> {
+        if !self.revoked_after(epoch) {
+            return None;
+        }
+        let history = self.history.lock();
+        let first = history.partition_point(|&stamp| stamp <= epoch);
+        history.get(first).copied()
+    }
+}
+
+/// How many live records a scope holds, valid while no enclosing scope was
+/// revoked after `valid_since`.
+#[derive(Default)]
+struct LiveCount {
+    valid_since: u64,
+    live: u64,
+}
+
+impl LiveCount {
+    /// The count, or 0 when an enclosing revocation at `enclosing` ended
+    /// every record it counted.
+    fn current(&self, enclosing: u64) -> u64 {
+        if self.valid_since < enclosing {
+            0
+        } else {
+            self.live
+        }
+    }
+
+    /// Counts one more record minted at `epoch`.
+    fn add(&mut self, epoch: u64, enclosing: u64) {
+        if self.valid_since < enclosing {
+            *self = LiveCount {
+                valid_since: epoch,
+                live: 0,
+            };
+        }
+        self.live += 1;
+    }
+
+    /// Takes `n` records out of the count.
+    fn remove(&mut self, n: u64) {
+        self.live = self.live.saturating_sub(n);
+    }
+
+    /// Empties the count at revocation `epoch`.
+    fn reset(&mut self, epoch: u64) {
+        *self = LiveCount {
+            valid_since: epoch,
+            live: 0,
+        };
+    }
+}
+
+/// A caller that minted credentials: its RevokeAll scope, and its pairs.
+/// Owners are few (the callers of the callers file) and kept for the life
+/// of the store.
+pub(super) struct Owner {
+    /// The caller's name.
+    pub(super) name: Arc<str>,
+    scope: Scope,
+    live: Mutex<LiveCount>,
+    /// Its pairs, by provider instance id.
+    pairs: DashMap<Arc<str>, Arc<Pair>>,
+}
+
+/// One caller's credentials of one provider instance: what a non-admin's
+/// RevokeAll for an instance ends. Interned while records use it.
+pub(super) struct Pair {
+    /// The caller that minted them.
+    pub(super) owner: Arc<Owner>,
+    /// The provider instance.
+    pub(super) instance_id: Arc<str>,
+    scope: Scope,
+    live: Mutex<LiveCount>,
+}
+
+/// Every revocation scope and the epoch that orders them.
+#[derive(Default)]
+pub(super) struct Revocations {
+    /// The latest epoch handed out; records are minted at it. Advanced only
+    /// under `lock` written.
+    epoch: AtomicU64,
+    global: Scope,
+    global_live: CachePadded<AtomicU64>,
+    owners: DashMap<Arc<str>, Arc<Owner>>,
+    /// Makes "stamp and count" (Mint, removal) atomic with respect to
+    /// "revoke and take the count" (RevokeAll).
+    lock: RwLock<()>,
+}
+
+/// Held while a record is stamped and counted, or uncounted: RevokeAll
+/// waits for it.
+pub(super) struct Counting<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
+
+impl Revocations {
+    /// The pair of `owner` and `instance_id`, created on first use.
+    pub(super) fn pair(&self, owner: &str, instance_id: &str) -> Arc<Pair> {
+        let owner = match self.owners.get(owner) {
+            Some(found) => found.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(owner);
+                self.owners
+                    .entry(name.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Owner {
+                            name,
+                            scope: Scope::default(),
+                            live: Mutex::default(),
+                            pairs: DashMap::new(),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        if let Some(pair) = owner.pairs.get(instance_id) {
+            return pair.clone();
+        }
+        let instance_id: Arc<str> = Arc::from(instance_id);
+        let pair = owner
+            .pairs
+            .entry(instance_id.clone())
+            .or_insert_with(|| {
+                Arc::new(Pair {
+                    owner: owner.clone(),
+                    instance_id,
+                    scope: Scope::default(),
+                    live: Mutex::default(),
+                })
+            })
+            .clone();
+        pair
+    }
+
+    /// Forgets `pair` when no record uses it any more (the caller holds one
+    /// reference and the owner's map the other), so its counts and history
+    /// go with it.
+    pub(super) fn release(&self, pair: Arc<Pair>) {
+        let owner = pair.owner.clone();
+        let id = pair.instance_id.clone();
+        drop(pair);
+        owner
+            .pairs
+            .remove_if(&id, |_, pair| Arc::strong_count(pair) == 1);
+    }
+
+    /// Starts stamping or uncounting records.
+    pub(super) fn counting(&self) -> Counting<'_> {
+        Counting(self.lock.read())
+    }
+
+    /// Counts a record of `pair` being minted now; returns the epoch it is
+    /// minted at.
+    pub(super) fn stamp(&self, _counting: &Counting<'_>, pair: &Pair) -> u64 {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let global = self.global.revoked_at.load(Ordering::Acquire);
+        let owner = pair.owner.scope.revoked_at.load(Ordering::Acquire);
+        pair.live.lock().add(epoch, owner.max(global));
+        pair.owner.live.lock().add(epoch, global);
+        self.global_live.fetch_add(1, Ordering::AcqRel);
+        epoch
+    }
+
+    /// Takes a removed record that still counted out of the counts.
+    pub(super) fn uncount(&self, _counting: &Counting<'_>, pair: &Pair) {
+        pair.live.lock().remove(1);
+        pair.owner.live.lock().remove(1);
+        self.global_live.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether a record of `pair` minted at `epoch` was revoked since. The
+    /// Resolve path: three loads of lines only RevokeAll writes.
+    pub(super) fn is_revoked(&self, pair: &Pair, epoch: u64) -> bool {
+        pair.scope.revoked_after(epoch)
+            || pair.owner.scope.revoked_after(epoch)
+            || self.global.revoked_after(epoch)
+    }
+
+    /// The revocation that ended a record of `pair` minted at `epoch`: the
+    /// first of its scopes to be revoked after it.
+    pub(super) fn cause(&self, pair: &Pair, epoch: u64) -> RevocationCause {
+        [
+            (
+                pair.scope.first_after(epoch),
+                RevocationCause::ProviderInstance,
+            ),
+            (pair.owner.scope.first_after(epoch), RevocationCause::Caller),
+            (self.global.first_after(epoch), RevocationCause::All),
+        ]
+        .into_iter()
+        .filter_map(|(stamp, cause)| stamp.map(|stamp| (stamp, cause)))
+        .min_by_key(|&(stamp, _)| stamp)
+        .map_or(RevocationCause::All, |(_, cause)| cause)
+    }
+
+    /// Revokes `target`; returns how many live credentials it ended. The
+    /// cost grows with the number of callers at most, never with the
+    /// number of credentials.
+    pub(super) fn revoke(&self, target: RevokeAllTarget<'_>) -> u64 {
+        let _bumping = self.lock.write();
+        let epoch = self.epoch.load(Ordering::Acquire) + 1;
+        let global = self.global.revoked_at.load(Ordering::Acquire);
+        let revoked = match target {
+            RevokeAllTarget::Everything => {
+                let live = self.global_live.swap(0, Ordering::AcqRel);
+                if live > 0 {
+                    self.global.stamp(epoch);
+                }
+                live
+            }
+            RevokeAllTarget::MintedBy(name) => self.owners.get(name).map_or(0, |owner| {
+                let live = {
+                    let mut count = owner.live.lock();
+                    let live = count.current(global);
+                    if live > 0 {
+                        count.reset(epoch);
+                    }
+                    live
+                };
+                if live > 0 {
+                    owner.scope.stamp(epoch);
+                    self.global_live.fetch_sub(live, Ordering::AcqRel);
+                }
+                live
+            }),
+            RevokeAllTarget::MintedByForInstance {
+                minted_by,
+                provider_instance_id,
+            } => self.owners.get(minted_by).map_or(0, |owner| {
+                self.revoke_pair(&owner, provider_instance_id, epoch, global)
+            }),
+            // One step per caller, not per credential.
+            RevokeAllTarget::Instance(id) => self
+                .owners
+                .iter()
+                .map(|owner| self.revoke_pair(&owner, id, epoch, global))
+                .sum(),
+        };
+        if revoked > 0 {
+            self.epoch.store(epoch, Ordering::Release);
+        }
+        revoked
+    }
+
+    /// Revokes one owner's pair for `instance_id` at `epoch`; called with
+    /// the lock written.
+    fn revoke_pair(&self, owner: &Owner, instance_id: &str, epoch: u64, global: u64) -> u64 {
+        let Some(pair) = owner.pairs.get(instance_id).map(|p| p.clone()) else {
+            return 0;
+        };
+        let enclosing = owner.scope.revoked_at.load(Ordering::Acquire).max(global);
+        let live = {
+            let mut count = pair.live.lock();
+            let live = count.current(enclosing);
+            if live > 0 {
+                count.reset(epoch);
+            }
+            live
+        };
+        if live > 0 {
+            pair.scope.stamp(epoch);
+            owner.live.lock().remove(live);
+            self.global_live.fetch_sub(live, Ordering::AcqRel);
+        }
+        live
+    }
+}
