@@ -84,7 +84,7 @@ impl AuthorityService {
 
     /// Lets the call in, or says why not: the server is draining, the
     /// caller is not authenticated, or its roles lack the call's.
-    fn admit(&self, call: &Call) -> Result<Arc<Principal>, Failure> {
+    fn admit<'c>(&self, call: &'c Call) -> Result<&'c Principal, Failure> {
         if call.draining {
             return Err(Failure::Unavailable {
                 message: "the server is shutting down",
@@ -93,8 +93,8 @@ impl AuthorityService {
         }
         let caller = call
             .caller
-            .clone()
-            .map_err(Failure::CallerUnauthenticated)?;
+            .as_deref()
+            .map_err(|&why| Failure::CallerUnauthenticated(why))?;
         if !caller.roles.allow(call.role) {
             return Err(Failure::CallerForbidden(Forbidden::MissingRole {
                 caller: caller.name.clone(),
@@ -295,7 +295,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 scopes,
                 labels,
                 minted_by: &caller.name,
-                reach: reach(&caller),
+                reach: reach(caller),
             };
             let token = Token::generate();
             let minted = self.store.mint(token.digest(), new.clone())?;
@@ -380,7 +380,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             let thread_id = violations.id("thread_id", &request.get_ref().thread_id, true);
             violations.into_result(())?;
             let thread_id = thread_id.unwrap_or_default();
-            let done = self.store.revoke_thread(thread_id, reach(&caller));
+            let done = self.store.revoke_thread(thread_id, reach(caller));
             self.audit(
                 &call,
                 AuditEvent {
@@ -412,7 +412,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 false,
             );
             violations.into_result(())?;
-            let target = match (reach(&caller), instance) {
+            let target = match (reach(caller), instance) {
                 (Reach::All, None) => RevokeAllTarget::Everything,
                 (Reach::All, Some(instance)) => RevokeAllTarget::Instance(instance),
                 (Reach::MintedBy(name), None) => RevokeAllTarget::MintedBy(name),
@@ -456,7 +456,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             target = Some(credential_id);
             let revoked = self
                 .store
-                .revoke_credential(&credential_id, reach(&caller))?;
+                .revoke_credential(&credential_id, reach(caller))?;
             self.audit(
                 &call,
                 AuditEvent {
@@ -488,14 +488,14 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     let id = id.expect("validated");
                     vec![self
                         .store
-                        .touch_credential(&id, reach(&caller))
+                        .touch_credential(&id, reach(caller))
                         .map_err(Failure::for_owner)?]
                 }
                 Some(Target::ThreadId(thread_id)) => {
                     let thread_id = violations.id("thread_id", thread_id, true);
                     violations.into_result(())?;
                     self.store
-                        .touch_thread(thread_id.unwrap_or_default(), reach(&caller))
+                        .touch_thread(thread_id.unwrap_or_default(), reach(caller))
                         .map_err(Failure::for_owner)?
                 }
                 None => {

@@ -19,6 +19,8 @@
 //!   against the record's mint epoch, so it costs no time per credential.
 //! - [`threads`]: a thread's credentials form a list through the records,
 //!   headed by an entry in a thread shard; locks are taken in a fixed order.
+//! - [`owner_calls`]: Touch, RevokeCredential and RevokeThread, by handle or
+//!   thread, within the caller's [`Reach`].
 //! - [`sweeper`]: per-shard deadline queues, never touched by Resolve.
 //! - [`tombstones`]: a dead credential leaves a tombstone (bounded by age
 //!   and count) so that Resolve can say `TOKEN_REVOKED` or `TOKEN_EXPIRED`
@@ -31,6 +33,7 @@
 //! a token: it is keyed by [`TokenDigest`].
 
 mod index;
+mod owner_calls;
 mod record;
 mod revocation;
 mod slab;
@@ -314,180 +317,6 @@ impl Store {
         self.resolve_with(digest, required_scope, |view| Resolved::from(view))
     }
 
-    /// Renews one credential, by its handle, exactly as a successful Resolve
-    /// would. Fails with the reason Resolve would give, and never revives;
-    /// a credential outside `reach`, live or dead, is [`Rejection::NotOwned`].
-    pub fn touch_credential(
-        &self,
-        credential_id: &CredentialId,
-        reach: Reach<'_>,
-    ) -> Result<Touched, Rejection> {
-        let shared = &*self.shared;
-        let now = shared.clock.now();
-        let shard_index = usize::from(credential_id.route()) % SHARDS;
-        let shard = shared.records[shard_index].read();
-        if let Some(record) = shard
-            .credential_slot(credential_id)
-            .and_then(|slot| shard.at(slot))
-        {
-            if !reach.covers(record.minted_by()) {
-                return Err(not_owned(credential_id));
-            }
-            return Ok(Touched {
-                credential_id: record.credential_id,
-                deadlines: record.use_at(now, None, &shared.revocations)?,
-            });
-        }
-        drop(shard);
-        match shared.tombstones.get_by_id(credential_id) {
-            Some(dead) if !reach.covers(&dead.minted_by) => Err(not_owned(credential_id)),
-            Some(dead) => Err(Rejection::Dead(dead)),
-            None => Err(Rejection::Unknown),
-        }
-    }
-
-    /// Renews every live credential of a thread within `reach`. Fails only
-    /// when none is: with [`Rejection::NotOwned`] when the thread's live
-    /// credentials are all out of reach, else with the death of the
-    /// thread's newest credential within reach (as Resolve of its token
-    /// would), or [`Rejection::Unknown`] when there is none.
-    pub fn touch_thread(
-        &self,
-        thread_id: &str,
-        reach: Reach<'_>,
-    ) -> Result<Vec<Touched>, Rejection> {
-        let shared = &*self.shared;
-        let (hash, thread_shard) = shared.thread_hash(thread_id);
-        let threads = shared.threads[thread_shard].read();
-        let now = shared.clock.now();
-        let chain = shared
-            .find_thread(&threads, hash, thread_id)
-            .map_or_else(Vec::new, |head| shared.chain(head.newest));
-        let mut touched = Vec::with_capacity(chain.len());
-        let mut out_of_reach_live = false;
-        // The newest death within reach, by mint time.
-        let mut newest_death: Option<(Millis, Rejection)> = None;
-        // Oldest first, so touched credentials come in mint order.
-        for &handle in chain.iter().rev() {
-            let look = shared.with_record(handle, |record| {
-                if !reach.covers(record.minted_by()) {
-                    let live = record.death(now, &shared.revocations).is_none();
-                    return TouchLook::OutOfReach { live };
-                }
-                match record.use_at(now, None, &shared.revocations) {
-                    Ok(deadlines) => TouchLook::Touched(Touched {
-                        credential_id: record.credential_id,
-                        deadlines,
-                    }),
-                    Err(rejection) => TouchLook::Dead(record.created_at, rejection),
-                }
-            });
-            match look {
-                Some(TouchLook::Touched(one)) => touched.push(one),
-                // Oldest first: a later one is newer.
-                Some(TouchLook::Dead(created_at, rejection)) => {
-                    newest_death = Some((created_at, rejection));
-                }
-                Some(TouchLook::OutOfReach { live }) => out_of_reach_live |= live,
-                None => {}
-            }
-        }
-        drop(threads);
-        if !touched.is_empty() {
-            return Ok(touched);
-        }
-        if out_of_reach_live {
-            return Err(Rejection::NotOwned {
-                credential_id: None,
-            });
-        }
-        if let Some(death) = shared.thread_tombstones.get(thread_id) {
-            let newer = newest_death
-                .as_ref()
-                .is_none_or(|(at, _)| death.created_at > *at);
-            if newer && reach.covers(&death.dead.minted_by) {
-                newest_death = Some((death.created_at, Rejection::Dead(death.dead)));
-            }
-        }
-        Err(newest_death.map_or(Rejection::Unknown, |(_, rejection)| rejection))
-    }
-
-    /// Revokes every credential of a thread within `reach`; counts those it
-    /// revoked and the live ones it left alone.
-    pub fn revoke_thread(&self, thread_id: &str, reach: Reach<'_>) -> ThreadRevocation {
-        let shared = &*self.shared;
-        let (hash, thread_shard) = shared.thread_hash(thread_id);
-        let mut threads = shared.threads[thread_shard].write();
-        let Some(head) = shared.find_thread(&threads, hash, thread_id) else {
-            return ThreadRevocation::default();
-        };
-        let now = shared.clock.now();
-        let mut outcome = ThreadRevocation::default();
-        let mut kept = Vec::new();
-        // Oldest first, so the thread's newest death is recorded last.
-        for handle in shared.chain(head.newest).into_iter().rev() {
-            let look = shared.with_record(handle, |r| {
-                (
-                    reach.covers(r.minted_by()),
-                    r.death(now, &shared.revocations).is_none(),
-                )
-            });
-            match look {
-                Some((true, _)) => {
-                    let retired = shared.retire(handle, now, Some(RevocationCause::Thread));
-                    if let Retired::RevokedLive = retired {
-                        outcome.revoked += 1;
-                    }
-                }
-                Some((false, live)) => {
-                    outcome.not_owned += u64::from(live);
-                    kept.push(handle);
-                }
-                None => {}
-            }
-        }
-        kept.reverse();
-        shared.relink(&kept);
-        let newest = kept.first().map_or(SlotKey::NONE, |h| h.key());
-        shared.set_head(&mut threads, hash, Some(head.newest), newest);
-        outcome
-    }
-
-    /// Revokes one credential by its handle; returns 1 if it was live, 0 if
-    /// it was dead or unknown, and [`Rejection::NotOwned`] (changing
-    /// nothing) when it is outside `reach`.
-    pub fn revoke_credential(
-        &self,
-        credential_id: &CredentialId,
-        reach: Reach<'_>,
-    ) -> Result<u64, Rejection> {
-        let shared = &*self.shared;
-        let shard_index = usize::from(credential_id.route()) % SHARDS;
-        let found = {
-            let shard = shared.records[shard_index].read();
-            shard.credential_slot(credential_id).and_then(|slot| {
-                let record = shard.at(slot)?;
-                Some((
-                    shard.handle(shard_index, slot),
-                    record.thread_id.clone(),
-                    reach.covers(record.minted_by()),
-                ))
-            })
-        };
-        let Some((handle, thread_id, within)) = found else {
-            return match shared.tombstones.get_by_id(credential_id) {
-                Some(dead) if !reach.covers(&dead.minted_by) => Err(not_owned(credential_id)),
-                _ => Ok(0),
-            };
-        };
-        if !within {
-            return Err(not_owned(credential_id));
-        }
-        let outcome =
-            shared.remove_from_thread(handle, &thread_id, Some(RevocationCause::Credential));
-        Ok(u64::from(matches!(outcome, Retired::RevokedLive)))
-    }
-
     /// Revokes everything `target` names, in constant time; returns how many
     /// live credentials were revoked.
     pub fn revoke_all(&self, target: RevokeAllTarget<'_>) -> u64 {
@@ -553,16 +382,6 @@ enum Previous {
     Keep,
     /// Same instance, live, minted by another caller: the Mint is refused.
     InTheWay(CredentialId),
-}
-
-/// What Touch by thread found in one record.
-enum TouchLook {
-    /// Renewed.
-    Touched(Touched),
-    /// Within reach and dead: minted at, and why.
-    Dead(Millis, Rejection),
-    /// Minted by another caller; whether it is live.
-    OutOfReach { live: bool },
 }
 
 /// The refusal for a named credential outside the call's reach.
