@@ -454,19 +454,23 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             violations.into_result(())?;
             let credential_id = credential_id.expect("validated");
             target = Some(credential_id);
-            let revoked = self
+            let done = self
                 .store
                 .revoke_credential(&credential_id, reach(caller))?;
             self.audit(
                 &call,
                 AuditEvent {
                     credential_id: Some(&credential_id.to_string()),
+                    thread_id: done.thread_id.as_deref(),
+                    provider_instance_id: done.provider_instance_id.as_deref(),
                     cause: Some("credential"),
-                    revoked: Some(revoked),
+                    revoked: Some(done.revoked),
                     ..AuditEvent::default()
                 },
             )?;
-            Ok(pb::RevokeCredentialResponse { revoked })
+            Ok(pb::RevokeCredentialResponse {
+                revoked: done.revoked,
+            })
         });
         self.finish(call, outcome, target)
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use credential_authority::clock::{Clock, FakeClock};
 use credential_authority::store::{
-    DeathReason, NewCredential, Reach, Rejection, RevocationCause, RevokeAllTarget, Store,
-    StoreConfig,
+    CredentialRevocation, DeathReason, NewCredential, Reach, Rejection, RevocationCause,
+    RevokeAllTarget, Store, StoreConfig,
 };
 use credential_authority::token::{CredentialId, Token, TokenDigest};
 
@@ -70,9 +70,18 @@ fn revoking_one_credential_leaves_the_rest_of_the_thread_working() {
     let (store, _clock) = default_store();
     let (codex, codex_id) = mint(&store, "thread", "codex-1");
     let (claude, _) = mint(&store, "thread", "claude-1");
-    assert_eq!(store.revoke_credential(&codex_id, Reach::All).unwrap(), 1);
     assert_eq!(
-        store.revoke_credential(&codex_id, Reach::All).unwrap(),
+        store
+            .revoke_credential(&codex_id, Reach::All)
+            .unwrap()
+            .revoked,
+        1
+    );
+    assert_eq!(
+        store
+            .revoke_credential(&codex_id, Reach::All)
+            .unwrap()
+            .revoked,
         0,
         "idempotent"
     );
@@ -80,7 +89,8 @@ fn revoking_one_credential_leaves_the_rest_of_the_thread_working() {
         store
             .revoke_credential(&CredentialId::generate(), Reach::All)
             .unwrap(),
-        0
+        CredentialRevocation::default(),
+        "unknown: nothing revoked, nothing known"
     );
     assert_eq!(
         death(store.resolve(&codex, None)),
@@ -119,7 +129,10 @@ fn replace_previous_does_not_count_credentials_already_dead() {
     let (store, clock) = default_store();
     let (stale, _) = mint(&store, "t", "i");
     let (revoked, revoked_id) = mint(&store, "t", "i");
-    store.revoke_credential(&revoked_id, Reach::All).unwrap();
+    store
+        .revoke_credential(&revoked_id, Reach::All)
+        .unwrap()
+        .revoked;
     clock.advance(31 * MINUTE);
     let (_, _, replaced) = rotate(&store, "t", "i");
     assert_eq!(replaced, 0);
@@ -318,7 +331,10 @@ fn touch_by_thread_agrees_with_resolve_once_the_records_are_gone() {
     let (store, clock) = default_store();
     // RevokeCredential of the only credential.
     let (one, one_id) = mint(&store, "t-credential", "i");
-    store.revoke_credential(&one_id, Reach::All).unwrap();
+    store
+        .revoke_credential(&one_id, Reach::All)
+        .unwrap()
+        .revoked;
     // A replacement, then RevokeThread: the newest (the replacement) names
     // the reason, not the replaced one.
     let (old, _) = mint(&store, "t-rotated", "i");
@@ -440,7 +456,7 @@ fn scopes_are_checked_and_a_refusal_neither_kills_nor_renews() {
 fn dead_beats_scope_missing() {
     let (store, _clock) = default_store();
     let (digest, id) = mint(&store, "t", "i");
-    store.revoke_credential(&id, Reach::All).unwrap();
+    store.revoke_credential(&id, Reach::All).unwrap().revoked;
     assert!(matches!(
         death(store.resolve(&digest, Some("anything"))),
         DeathReason::Revoked(_)
@@ -487,7 +503,10 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
     });
     let (_, revoked) = mint(&store, "a", "i");
     let (_, idle) = mint(&store, "b", "i");
-    store.revoke_credential(&revoked, Reach::All).unwrap();
+    store
+        .revoke_credential(&revoked, Reach::All)
+        .unwrap()
+        .revoked;
     assert_eq!(store.indexed_credential_ids(), 2);
     clock.advance(30 * MINUTE);
     store.sweep();
@@ -511,7 +530,7 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
         ..StoreConfig::default()
     });
     let (_, id) = mint(&store, "a", "i");
-    store.revoke_credential(&id, Reach::All).unwrap();
+    store.revoke_credential(&id, Reach::All).unwrap().revoked;
     assert_eq!(
         store.indexed_credential_ids(),
         0,

@@ -174,10 +174,12 @@ fn run(seed: u64, steps: usize) {
                     assert!(is_not_owned(&revoked), "{context}: {revoked:?}");
                     continue;
                 }
+                let revoked = revoked.unwrap();
+                assert_eq!(revoked.revoked, u64::from(model[index].live()), "{context}");
                 assert_eq!(
-                    revoked.unwrap(),
-                    u64::from(model[index].live()),
-                    "{context}"
+                    revoked.thread_id.as_deref(),
+                    Some(thread_name(model[index].thread).as_str()),
+                    "{context}: the thread is reported while the credential is known"
                 );
                 model[index].kill(RevocationCause::Credential);
             }

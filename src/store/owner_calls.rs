@@ -2,7 +2,11 @@
 //! RevokeCredential, RevokeThread), each within the caller's [`Reach`].
 
 use super::slab::SlotKey;
-use super::types::{Reach, Rejection, RevocationCause, ThreadRevocation, Touched};
+use std::sync::Arc;
+
+use super::types::{
+    CredentialRevocation, Reach, Rejection, RevocationCause, ThreadRevocation, Touched,
+};
 use super::{not_owned, Retired, Store, SHARDS};
 use crate::clock::Millis;
 use crate::token::CredentialId;
@@ -154,7 +158,7 @@ impl Store {
         &self,
         credential_id: &CredentialId,
         reach: Reach<'_>,
-    ) -> Result<u64, Rejection> {
+    ) -> Result<CredentialRevocation, Rejection> {
         let shared = &*self.shared;
         let shard_index = usize::from(credential_id.route()) % SHARDS;
         let found = {
@@ -164,14 +168,19 @@ impl Store {
                 Some((
                     shard.handle(shard_index, slot),
                     record.thread_id.clone(),
+                    record.class.pair.instance_id.clone(),
                     reach.covers(record.minted_by()),
                 ))
             })
         };
-        let Some((handle, thread_id, within)) = found else {
+        let Some((handle, thread_id, provider_instance_id, within)) = found else {
             return match shared.tombstones.get_by_id(credential_id) {
                 Some(dead) if !reach.covers(&dead.minted_by) => Err(not_owned(credential_id)),
-                _ => Ok(0),
+                dead => Ok(CredentialRevocation {
+                    revoked: 0,
+                    thread_id: dead.map(|dead| dead.thread_id),
+                    provider_instance_id: None,
+                }),
             };
         };
         if !within {
@@ -179,7 +188,11 @@ impl Store {
         }
         let outcome =
             shared.remove_from_thread(handle, &thread_id, Some(RevocationCause::Credential));
-        Ok(u64::from(matches!(outcome, Retired::RevokedLive)))
+        Ok(CredentialRevocation {
+            revoked: u64::from(matches!(outcome, Retired::RevokedLive)),
+            thread_id: Some(Arc::from(thread_id)),
+            provider_instance_id: Some(provider_instance_id),
+        })
     }
 }
 

@@ -133,6 +133,18 @@ pub struct ThreadRevocation {
     pub not_owned: u64,
 }
 
+/// What RevokeCredential did, and whose credential it was (for the audit
+/// line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialRevocation {
+    /// 1 when a live credential was revoked, else 0.
+    pub revoked: u64,
+    /// Its thread, when the credential is known.
+    pub thread_id: Option<Arc<str>>,
+    /// Its provider instance, when its record was still there.
+    pub provider_instance_id: Option<Arc<str>>,
+}
+
 /// What RevokeAll ends, in constant time whatever the number of
 /// credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
