@@ -129,10 +129,7 @@ fn replace_previous_does_not_count_credentials_already_dead() {
     let (store, clock) = default_store();
     let (stale, _) = mint(&store, "t", "i");
     let (revoked, revoked_id) = mint(&store, "t", "i");
-    store
-        .revoke_credential(&revoked_id, Reach::All)
-        .unwrap()
-        .revoked;
+    store.revoke_credential(&revoked_id, Reach::All).unwrap();
     clock.advance(31 * MINUTE);
     let (_, _, replaced) = rotate(&store, "t", "i");
     assert_eq!(replaced, 0);
@@ -331,10 +328,7 @@ fn touch_by_thread_agrees_with_resolve_once_the_records_are_gone() {
     let (store, clock) = default_store();
     // RevokeCredential of the only credential.
     let (one, one_id) = mint(&store, "t-credential", "i");
-    store
-        .revoke_credential(&one_id, Reach::All)
-        .unwrap()
-        .revoked;
+    store.revoke_credential(&one_id, Reach::All).unwrap();
     // A replacement, then RevokeThread: the newest (the replacement) names
     // the reason, not the replaced one.
     let (old, _) = mint(&store, "t-rotated", "i");
@@ -456,7 +450,7 @@ fn scopes_are_checked_and_a_refusal_neither_kills_nor_renews() {
 fn dead_beats_scope_missing() {
     let (store, _clock) = default_store();
     let (digest, id) = mint(&store, "t", "i");
-    store.revoke_credential(&id, Reach::All).unwrap().revoked;
+    store.revoke_credential(&id, Reach::All).unwrap();
     assert!(matches!(
         death(store.resolve(&digest, Some("anything"))),
         DeathReason::Revoked(_)
@@ -503,10 +497,7 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
     });
     let (_, revoked) = mint(&store, "a", "i");
     let (_, idle) = mint(&store, "b", "i");
-    store
-        .revoke_credential(&revoked, Reach::All)
-        .unwrap()
-        .revoked;
+    store.revoke_credential(&revoked, Reach::All).unwrap();
     assert_eq!(store.indexed_credential_ids(), 2);
     clock.advance(30 * MINUTE);
     store.sweep();
@@ -530,7 +521,7 @@ fn credential_ids_are_forgotten_with_their_tombstones() {
         ..StoreConfig::default()
     });
     let (_, id) = mint(&store, "a", "i");
-    store.revoke_credential(&id, Reach::All).unwrap().revoked;
+    store.revoke_credential(&id, Reach::All).unwrap();
     assert_eq!(
         store.indexed_credential_ids(),
         0,
