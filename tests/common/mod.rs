@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod grpcurl;
+pub mod tls;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
