@@ -52,11 +52,11 @@ impl TlsReloader {
 
     /// Re-reads the certificate chain, key and client CA; on success new
     /// handshakes use them (open connections keep theirs), on error the
-    /// previous config stays in force. Reads files synchronously.
+    /// previous config stays in force (the caller logs which). Reads files
+    /// synchronously.
     pub fn reload(&self) -> Result<(), TransportError> {
         let config = server_config(&self.files)?;
         self.current.store(config);
-        tracing::info!(cert_chain = %self.files.cert_chain.display(), "reloaded the TLS certificate");
         Ok(())
     }
 
