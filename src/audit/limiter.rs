@@ -120,6 +120,16 @@ impl Limiter {
         }
     }
 
+    /// Gives `peer` back a suppressed count that [`Admit::Write`] handed
+    /// out for a line that could not be written, so that the peer's next
+    /// written line carries it. A peer forgotten meanwhile loses it, as on
+    /// eviction (it stays in the global total).
+    pub(super) fn restore(&mut self, peer: &PeerKey, suppressed: u64) {
+        if let Some(bucket) = self.peers.get_mut(peer) {
+            bucket.suppressed = bucket.suppressed.saturating_add(suppressed);
+        }
+    }
+
     /// How many peers are tracked.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

@@ -162,14 +162,23 @@ impl AuditLog {
 
     /// Writes the line of a denied call, unless `peer` has used up its
     /// burst: then nothing is written, the line is counted for the peer (its
-    /// next line carries `"suppressed": N`) and in [`AuditLog::suppressed`],
+    /// next line that is written carries `"suppressed": N`, so a count is
+    /// not lost with a line that failed) and in [`AuditLog::suppressed`],
     /// and the result is `Ok`. `Err` only in Closed mode when a line that
     /// was due could not be written; the call is refused either way.
     pub fn denied(&self, peer: &PeerKey, event: &AuditEvent<'_>) -> Result<(), AuditUnavailable> {
         let now = self.inner.clock.now();
         let admit = self.inner.limiter.lock().admit(peer, now);
         match admit {
-            Admit::Write(suppressed) => self.inner.write(event, suppressed),
+            Admit::Write(suppressed) => {
+                let attempt = self.inner.attempt(event, suppressed);
+                if attempt.is_err() && suppressed > 0 {
+                    // The count did not reach the trail with this line: it
+                    // rides on the peer's next line that is written instead.
+                    self.inner.limiter.lock().restore(peer, suppressed);
+                }
+                self.inner.settle(attempt)
+            }
             Admit::Suppress => {
                 self.inner.suppressed.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -220,6 +229,12 @@ impl std::fmt::Debug for AuditLog {
 impl Inner {
     /// Encodes and writes one line, applying the failure mode.
     fn write(&self, event: &AuditEvent<'_>, suppressed: u64) -> Result<(), AuditUnavailable> {
+        self.settle(self.attempt(event, suppressed))
+    }
+
+    /// Encodes and writes one line, reporting a failure in the log; the OS
+    /// error when the line did not reach the sink.
+    fn attempt(&self, event: &AuditEvent<'_>, suppressed: u64) -> io::Result<()> {
         let now = self.clock.now();
         let line = line::encode(event, now, suppressed);
         match self.write_line(&line) {
@@ -232,14 +247,22 @@ impl Inner {
             Err(error) => {
                 self.reports.failed();
                 self.report(now, Some(&error));
-                match self.failure {
-                    AuditFailureMode::Closed => Err(AuditUnavailable(error.kind())),
-                    AuditFailureMode::Open => {
-                        self.lost.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                }
+                Err(error)
             }
+        }
+    }
+
+    /// Applies the failure mode to the outcome of [`Inner::attempt`].
+    fn settle(&self, attempt: io::Result<()>) -> Result<(), AuditUnavailable> {
+        match attempt {
+            Ok(()) => Ok(()),
+            Err(error) => match self.failure {
+                AuditFailureMode::Closed => Err(AuditUnavailable(error.kind())),
+                AuditFailureMode::Open => {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            },
         }
     }
 

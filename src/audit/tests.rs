@@ -302,6 +302,47 @@ fn denials_are_rate_limited_per_peer_with_counts() {
     assert_eq!(lines(&path).len(), 13);
 }
 
+/// Catches: a suppressed count dropped with the denial line that was to
+/// carry it when that line could not be written (a moment of full disk):
+/// the peer's next written line must carry it, in either failure mode.
+#[test]
+fn a_suppressed_count_rides_on_the_next_written_line_after_a_failed_one() {
+    for failure in [AuditFailureMode::Closed, AuditFailureMode::Open] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (log, clock) = open(config(AuditSink::File(path.clone()), failure));
+        let peer = PeerKey::Uid(1000);
+        let denial = |id: &'static str| AuditEvent {
+            request_id: id,
+            rpc: "Mint",
+            outcome: "CALLER_UNAUTHENTICATED",
+            ..AuditEvent::default()
+        };
+        for id in ["a1", "a2", "a3", "a4", "a5"] {
+            log.denied(&peer, &denial(id)).unwrap();
+        }
+        // The disk fills: the line due to carry the 2 suppressed fails.
+        let kept = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &kept).unwrap();
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        log.reopen().unwrap();
+        clock.advance(Duration::from_secs(1));
+        let failed = log.denied(&peer, &denial("a6"));
+        assert_eq!(failed.is_err(), failure == AuditFailureMode::Closed);
+        // Writable again.
+        std::fs::remove_file(&path).unwrap();
+        log.reopen().unwrap();
+        clock.advance(Duration::from_secs(1));
+        log.denied(&peer, &denial("a7")).unwrap();
+        assert_eq!(request_ids(&kept), ["a1", "a2", "a3"]);
+        let written = lines(&path);
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0]["request_id"], "a7");
+        assert_eq!(written[0]["suppressed"], 2, "a4 and a5, {failure:?}");
+        assert_eq!(log.suppressed(), 2);
+    }
+}
+
 /// Catches: an unbounded table, eviction of the newest peer (the flood
 /// would keep evicting the one peer being tracked) or of an arbitrary one,
 /// and a refill that overflows past the burst after a long silence.
