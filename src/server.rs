@@ -205,7 +205,7 @@ async fn reload_on(mut reloads: impl Stream<Item = ()> + Unpin, parts: Reloadabl
             }
         }
         match parts.audit.reopen() {
-            Ok(()) => tracing::debug!("audit trail reopened"),
+            Ok(()) => tracing::info!("audit trail reopened"),
             Err(error) => tracing::error!(
                 %error,
                 "audit trail could not be reopened; writing to the previous file"

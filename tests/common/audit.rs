@@ -19,10 +19,9 @@ use super::{Bearer, Client, Server, BINARY};
 /// How long a bounded wait lasts at most.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The environment that makes the server log the reopen of its audit file
-/// (a debug line), so a test can wait for it instead of guessing.
-pub const REOPEN_LOGGED: &[(&str, &str)] =
-    &[("RUST_LOG", "info,credential_authority::server=debug")];
+/// The environment under which the server logs the reopen of its audit file
+/// (an info line), so a test can wait for it instead of guessing.
+pub const REOPEN_LOGGED: &[(&str, &str)] = &[("RUST_LOG", "info")];
 
 /// The log line `main` writes for each SIGHUP it received.
 const SIGHUP_LOGGED: &str = "reloading signal=";
