@@ -4,6 +4,7 @@
 //! key on first start, and the helpers here present it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod callers;
 pub mod grpcurl;
 
 use std::io::{BufRead as _, BufReader};
