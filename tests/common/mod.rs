@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod audit;
+pub mod callers;
 pub mod grpcurl;
 pub mod tls;
 
