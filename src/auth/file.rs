@@ -31,6 +31,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::key::KeyDigest;
+use crate::token::{CALLER_KEY_PREFIX, TOKEN_PREFIX};
 
 /// What a caller may do; the server decides which calls each role allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -170,6 +171,7 @@ fn location(path: Option<&Path>, at: Option<(usize, usize)>) -> String {
 /// message can carry a digest (or a large part of one), whatever field the
 /// operator pasted it into.
 fn scrub(message: String) -> String {
+    let message = redact_secrets(&message);
     let (mut out, mut rest) = (String::with_capacity(message.len()), message.as_str());
     while let Some(start) = rest.find(|c: char| c.is_ascii_hexdigit()) {
         let run = rest[start..]
@@ -185,6 +187,35 @@ fn scrub(message: String) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `text` with every run that starts like a caller key or a token (their
+/// prefix and what follows of the URL-safe base64 alphabet) replaced: an
+/// operator who pasted a key where a name or key id belongs must not find
+/// it echoed in the refusal.
+fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((start, prefix)) = [CALLER_KEY_PREFIX, TOKEN_PREFIX]
+        .iter()
+        .filter_map(|prefix| rest.find(prefix).map(|at| (at, prefix)))
+        .min()
+    {
+        out.push_str(&rest[..start]);
+        out.push_str("<redacted>");
+        let after = &rest[start + prefix.len()..];
+        let secret = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(after.len());
+        rest = &after[secret..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether a name or key id looks like a secret pasted in the wrong place.
+fn looks_secret(text: &str) -> bool {
+    text.starts_with(CALLER_KEY_PREFIX) || text.starts_with(TOKEN_PREFIX)
 }
 
 /// The file as serde sees it; checked into [`CallersFile`] by [`parse`].
@@ -329,6 +360,12 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
             return Err(invalid(text, Some(caller_span), message.into()));
         };
         let (name_span, name) = (name.span(), name.into_inner());
+        if looks_secret(&name) {
+            let message = "a caller's name looks like a caller key or a token: names are \
+                           shown in every log line; put the key's digest in [[caller.key]] \
+                           (`callers add` does) and give the caller a plain name";
+            return Err(invalid(text, Some(name_span), message.into()));
+        }
         if !is_ident(&name) {
             refuse!(name_span, name, "the name must be {IDENT_RULE}");
         }
@@ -373,6 +410,15 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
                 );
             };
             let (id_span, id) = (id.span(), id.into_inner());
+            if looks_secret(&id) {
+                refuse!(
+                    id_span,
+                    name,
+                    "a key id looks like a caller key or a token: key ids are shown in \
+                     every log line; the key's digest goes in `sha256`, and `id` is a \
+                     plain label such as key-3f9a1c2e"
+                );
+            }
             if !is_ident(&id) {
                 refuse!(
                     id_span,

@@ -495,3 +495,35 @@ fn roles_spell_the_same_both_ways() {
         .to_string()
         .contains("mint, resolve and admin"));
 }
+
+/// Catches: a key (or token) pasted as a caller's name or key id accepted,
+/// so that it would be written into every log line, or echoed by the
+/// refusal itself.
+#[test]
+fn a_secret_pasted_as_a_name_or_key_id_is_refused_without_echoing_it() {
+    let key = CallerKey::generate().unwrap();
+    let token = crate::token::Token::generate();
+    for secret in [key.expose(), token.expose()] {
+        for text in [
+            block(secret, "key-1", &digest()),
+            block("adapter", secret, &digest()),
+            // A syntax error on the same line must not quote it either.
+            format!("[[caller]]\nname = \"{secret}\" oops\n"),
+        ] {
+            let message = parse(&text).expect_err("accepted").to_string();
+            assert!(
+                !message.contains(&secret[6..18]),
+                "the secret is echoed: {message}"
+            );
+        }
+        let message = refused(
+            &block(secret, "key-1", &digest()),
+            &["looks like a caller key"],
+        );
+        assert!(message.contains("log line"), "{message}");
+        refused(
+            &block("adapter", secret, &digest()),
+            &["caller `adapter`", "key id looks like a caller key"],
+        );
+    }
+}
