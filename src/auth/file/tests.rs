@@ -509,6 +509,16 @@ fn a_secret_pasted_as_a_name_or_key_id_is_refused_without_echoing_it() {
             block("adapter", secret, &digest()),
             // A syntax error on the same line must not quote it either.
             format!("[[caller]]\nname = \"{secret}\" oops\n"),
+            // Nor the refusal of a role or a SAN that it was pasted into.
+            block("adapter", "key-1", &digest()).replace("\"mint\"", &format!("\"{secret}\"")),
+            format!(
+                "{}uri_sans = [\"{secret}\"]\n",
+                block("adapter", "key-1", &digest())
+            )
+            .replace(
+                "[[caller.key]]",
+                &format!("dns_sans = [\"{secret}\"]\n[[caller.key]]"),
+            ),
         ] {
             let message = parse(&text).expect_err("accepted").to_string();
             assert!(
