@@ -14,7 +14,7 @@ use crate::clock::Millis;
 use crate::error::{Failure, Forbidden};
 use crate::pb;
 use crate::request_id::RequestId;
-use crate::store::{NewCredential, Reach, RevokeAllTarget, Store, StoreConfig};
+use crate::store::{NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig};
 use crate::token::{self, CredentialId, Token};
 use crate::transport::{Peer, PeerInfo};
 use crate::validate::{FieldViolation, Violations};
@@ -385,7 +385,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 &call,
                 AuditEvent {
                     thread_id: Some(thread_id),
-                    cause: Some("thread"),
+                    cause: Some(RevocationCause::Thread.as_str()),
                     revoked: Some(done.revoked),
                     not_owned: Some(done.not_owned),
                     ..AuditEvent::default()
@@ -422,16 +422,18 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 },
             };
             let cause = match target {
-                RevokeAllTarget::Everything => "all",
-                RevokeAllTarget::MintedBy(_) => "caller",
-                _ => "provider_instance",
+                RevokeAllTarget::Everything => RevocationCause::All,
+                RevokeAllTarget::MintedBy(_) => RevocationCause::Caller,
+                RevokeAllTarget::Instance(_) | RevokeAllTarget::MintedByForInstance { .. } => {
+                    RevocationCause::ProviderInstance
+                }
             };
             let revoked = self.store.revoke_all(target);
             self.audit(
                 &call,
                 AuditEvent {
                     provider_instance_id: instance,
-                    cause: Some(cause),
+                    cause: Some(cause.as_str()),
                     revoked: Some(revoked),
                     ..AuditEvent::default()
                 },
@@ -463,7 +465,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     credential_id: Some(&credential_id.to_string()),
                     thread_id: done.thread_id.as_deref(),
                     provider_instance_id: done.provider_instance_id.as_deref(),
-                    cause: Some("credential"),
+                    cause: Some(RevocationCause::Credential.as_str()),
                     revoked: Some(done.revoked),
                     ..AuditEvent::default()
                 },

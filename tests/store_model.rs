@@ -22,6 +22,9 @@ const START: u64 = 1_800_000_000_000;
 /// administrator that reaches everything.
 const ACTORS: [&str; 3] = ["adapter-a", "adapter-b", "admin"];
 
+/// The administrator's index in [`ACTORS`].
+const ADMIN: usize = 2;
+
 fn reach(actor: usize) -> Reach<'static> {
     if ACTORS[actor] == "admin" {
         Reach::All
@@ -39,6 +42,10 @@ struct Modeled {
     owner: usize,
     /// `None` while live, else the revocation that ended it first.
     dead: Option<RevocationCause>,
+    /// Whether its record is still held: RevokeThread, RevokeCredential and
+    /// a replacement remove it at once, RevokeAll leaves it to the sweeper
+    /// (which never reaches it here before the end).
+    present: bool,
 }
 
 impl Modeled {
@@ -52,6 +59,12 @@ impl Modeled {
 
     fn kill(&mut self, cause: RevocationCause) {
         self.dead.get_or_insert(cause);
+    }
+
+    /// Revoked (if live) and removed.
+    fn remove(&mut self, cause: RevocationCause) {
+        self.kill(cause);
+        self.present = false;
     }
 }
 
@@ -102,7 +115,7 @@ fn run(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     let mut model: Vec<Modeled> = Vec::new();
     const THREADS: usize = 24;
-    const INSTANCES: usize = 3;
+    const INSTANCES: usize = 2 * ACTORS.len();
     for step in 0..steps {
         // Small steps only: nothing reaches its 30-minute idle timeout here.
         clock.advance(Duration::from_millis(rng.below(20) as u64));
@@ -114,7 +127,13 @@ fn run(seed: u64, steps: usize) {
         );
         match roll {
             0..=34 => {
-                let (thread, instance) = (rng.below(THREADS), rng.below(INSTANCES));
+                // Mostly the actor's own two instances, sometimes anyone's.
+                let instance = if rng.below(5) > 0 {
+                    2 * actor + rng.below(2)
+                } else {
+                    rng.below(INSTANCES)
+                };
+                let thread = rng.below(THREADS);
                 let replace = rng.below(4) == 0;
                 let digest = Token::generate().digest();
                 let (thread_id, instance_id) = (thread_name(thread), instance_name(instance));
@@ -129,17 +148,35 @@ fn run(seed: u64, steps: usize) {
                         ..NewCredential::default()
                     },
                 );
-                let previous = |m: &&mut Modeled| {
-                    replace && m.live() && m.thread == thread && m.instance == instance
-                };
-                if model.iter_mut().filter(previous).any(|m| !m.within(actor)) {
+                // A provider instance belongs to the adapter whose records
+                // of it are held (an admin's hold it for nobody): another
+                // adapter is refused. So is a replacement that would revoke
+                // a live credential out of the actor's reach.
+                let taken = model.iter().any(|m| {
+                    m.present && m.instance == instance && !m.within(actor) && m.owner != ADMIN
+                });
+                let in_the_way = replace
+                    && model.iter().any(|m| {
+                        m.present
+                            && m.live()
+                            && m.thread == thread
+                            && m.instance == instance
+                            && !m.within(actor)
+                    });
+                if taken || in_the_way {
                     assert!(is_not_owned(&minted), "{context}: {minted:?}");
                     continue;
                 }
                 let mut replaced = 0;
-                for m in model.iter_mut().filter(previous) {
-                    m.kill(RevocationCause::Replaced);
-                    replaced += 1;
+                for m in model.iter_mut().filter(|m| {
+                    replace
+                        && m.present
+                        && m.thread == thread
+                        && m.instance == instance
+                        && m.within(actor)
+                }) {
+                    replaced += u64::from(m.live());
+                    m.remove(RevocationCause::Replaced);
                 }
                 let minted = minted.expect(&context);
                 assert_eq!(minted.replaced, replaced, "{context}");
@@ -150,6 +187,7 @@ fn run(seed: u64, steps: usize) {
                     instance,
                     owner: actor,
                     dead: None,
+                    present: true,
                 });
             }
             35..=54 if !model.is_empty() => {
@@ -181,7 +219,7 @@ fn run(seed: u64, steps: usize) {
                     Some(thread_name(model[index].thread).as_str()),
                     "{context}: the thread is reported while the credential is known"
                 );
-                model[index].kill(RevocationCause::Credential);
+                model[index].remove(RevocationCause::Credential);
             }
             65..=72 => {
                 let thread = rng.below(THREADS);
@@ -191,7 +229,7 @@ fn run(seed: u64, steps: usize) {
                     match (m.within(actor), m.live()) {
                         (true, live) => {
                             revoked += u64::from(live);
-                            m.kill(RevocationCause::Thread);
+                            m.remove(RevocationCause::Thread);
                         }
                         (false, live) => not_owned += u64::from(live),
                     }

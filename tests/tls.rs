@@ -31,10 +31,13 @@ const DNS_SAN: &str = "adapter-dns.test.example";
 const BOTH_CALLER: &str = "adapter-both";
 const BOTH_SAN: &str = "spiffe://test.example/adapter-both";
 
+/// A Mint of its own provider instance per thread: a provider instance
+/// belongs to the adapter that mints for it, and these tests mint as
+/// several callers.
 fn mint_request(thread_id: &str) -> pb::MintRequest {
     pb::MintRequest {
         thread_id: thread_id.into(),
-        provider_instance_id: "claude-1".into(),
+        provider_instance_id: format!("claude-{thread_id}"),
         provider_kind: "claude".into(),
         ..Default::default()
     }

@@ -89,6 +89,12 @@ pub enum AuthFailure {
     /// A client certificate and a key that name different callers.
     #[error("the client certificate and the caller key name different callers")]
     Mismatch,
+    /// A client certificate whose SANs name more than one caller.
+    #[error(
+        "the client certificate's SANs name more than one caller in the callers file; \
+         a certificate must name exactly one"
+    )]
+    AmbiguousCertificate,
 }
 
 /// The callers allowed in, as loaded from one callers file.
@@ -146,7 +152,13 @@ impl CallerSet {
         authorization: Option<&[u8]>,
         client_sans: &[ClientSan],
     ) -> Result<Arc<Principal>, AuthFailure> {
-        let by_certificate = client_sans.iter().find_map(|san| self.by_san.get(san));
+        let mut named = client_sans.iter().filter_map(|san| self.by_san.get(san));
+        let by_certificate = named.next();
+        if let Some(first) = by_certificate {
+            if named.any(|other| other.name != first.name) {
+                return Err(AuthFailure::AmbiguousCertificate);
+            }
+        }
         let by_key = match authorization {
             None => None,
             Some(value) => Some(self.by_key(value)?),
@@ -307,6 +319,25 @@ mod tests {
         assert_eq!(
             set.authenticate(Some(&bearer(&b)), &san).unwrap_err(),
             AuthFailure::Mismatch
+        );
+        // A certificate naming two callers names none.
+        let both = CallerSet::from_file(&CallersFile {
+            callers: vec![
+                entry("adapter-a", &[Role::Mint], &a, &["spiffe://t/a"]),
+                entry("host", &[Role::Resolve], &b, &["spiffe://t/host"]),
+            ],
+        });
+        let two = [
+            ClientSan::Uri("spiffe://t/a".into()),
+            ClientSan::Uri("spiffe://t/host".into()),
+        ];
+        assert_eq!(
+            both.authenticate(None, &two).unwrap_err(),
+            AuthFailure::AmbiguousCertificate
+        );
+        assert_eq!(
+            both.authenticate(Some(&bearer(&a)), &two).unwrap_err(),
+            AuthFailure::AmbiguousCertificate
         );
         // A SAN nobody lists is no identity.
         let stranger = [ClientSan::Dns("spiffe://t/a".into())];

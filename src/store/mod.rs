@@ -56,7 +56,7 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, Millis};
 use crate::token::{CredentialId, TokenDigest};
 use record::{Class, Record};
-use revocation::Revocations;
+use revocation::{InstanceTaken, Revocations};
 use slab::{shard_of_digest, Handle, RecordShard, SlotKey};
 use sweeper::Deadline;
 pub use sweeper::{SweepReport, SweeperGuard};
@@ -171,16 +171,21 @@ impl Store {
     /// the earlier live credentials of the same thread and provider instance
     /// are revoked under the thread's lock before the new record becomes
     /// visible, so the two never work at the same time and concurrent
-    /// rotations of one thread serialise. A replacement that would revoke a
-    /// credential outside `new.reach` fails with [`Rejection::NotOwned`] and
-    /// changes nothing.
+    /// rotations of one thread serialise. A Mint for a provider instance
+    /// that holds credentials of a caller outside `new.reach`, or whose
+    /// replacement would revoke one, fails with [`Rejection::NotOwned`]
+    /// (naming no credential of the other caller) and changes nothing.
     pub fn mint(&self, digest: TokenDigest, new: NewCredential<'_>) -> Result<Minted, Rejection> {
         let shared = &*self.shared;
         let limits = &shared.limits;
+        let pair = shared
+            .revocations
+            .pair(new.minted_by, new.provider_instance_id, new.reach)
+            .map_err(|InstanceTaken| Rejection::NotOwned {
+                credential_id: None,
+            })?;
         let class = shared.class(Class {
-            pair: shared
-                .revocations
-                .pair(new.minted_by, new.provider_instance_id),
+            pair,
             provider_kind: new.provider_kind.map(Box::from),
             scopes: new.scopes,
             labels: new.labels,
@@ -205,7 +210,7 @@ impl Store {
                         } else if new.reach.covers(r.minted_by()) {
                             Previous::Replace
                         } else if r.death(now, &shared.revocations).is_none() {
-                            Previous::InTheWay(r.credential_id)
+                            Previous::InTheWay
                         } else {
                             Previous::Keep
                         }
@@ -214,11 +219,15 @@ impl Store {
                 })
                 .collect();
             // Refused before anything changed.
-            if let Some(&(_, Previous::InTheWay(id))) = previous
+            if previous
                 .iter()
-                .find(|(_, look)| matches!(look, Previous::InTheWay(_)))
+                .any(|(_, look)| matches!(look, Previous::InTheWay))
             {
-                return Err(not_owned(&id));
+                drop(threads);
+                shared.release_class(class);
+                return Err(Rejection::NotOwned {
+                    credential_id: None,
+                });
             }
             let mut kept = Vec::new();
             // Oldest first, as RevokeThread does (see ThreadTombstones).
@@ -320,7 +329,8 @@ impl Store {
     /// Revokes everything `target` names, in constant time; returns how many
     /// live credentials were revoked.
     pub fn revoke_all(&self, target: RevokeAllTarget<'_>) -> u64 {
-        self.shared.revocations.revoke(target)
+        let shared = &*self.shared;
+        shared.revocations.revoke(target, shared.clock.now())
     }
 
     /// Removes what has died by now (and tombstones past their retention),
@@ -341,6 +351,12 @@ impl Store {
     /// How many credential records are held, live or dead but not yet swept.
     pub fn record_count(&self) -> usize {
         self.shared.records.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// How many classes (shared owner, instance, scopes, labels and
+    /// lifetimes) are interned.
+    pub fn interned_classes(&self) -> usize {
+        self.shared.classes.len()
     }
 
     /// How many tombstones are held.
@@ -380,8 +396,10 @@ enum Previous {
     Replace,
     /// Another instance, or dead and out of reach: left alone.
     Keep,
-    /// Same instance, live, minted by another caller: the Mint is refused.
-    InTheWay(CredentialId),
+    /// Same instance, live, minted by another caller (an administrator,
+    /// whose credentials do not take the instance from its adapter): the
+    /// Mint is refused.
+    InTheWay,
 }
 
 /// The refusal for a named credential outside the call's reach.
@@ -484,6 +502,11 @@ impl Shared {
     fn release(&self, record: Record) {
         let class = record.class.clone();
         drop(record);
+        self.release_class(class);
+    }
+
+    /// Lets go of `class`, and of it and its pair when no record uses them.
+    fn release_class(&self, class: Arc<Class>) {
         // Unused classes and pairs go: when only the map (and `class` here)
         // hold one, no record refers to it, so a pair's revocations no
         // longer matter. Mint takes both from the same maps, whose shard

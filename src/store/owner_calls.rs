@@ -99,11 +99,11 @@ impl Store {
                 credential_id: None,
             });
         }
-        if let Some(death) = shared.thread_tombstones.get(thread_id) {
+        if let Some(death) = shared.thread_tombstones.get(thread_id, reach) {
             let newer = newest_death
                 .as_ref()
                 .is_none_or(|(at, _)| death.created_at > *at);
-            if newer && reach.covers(&death.dead.minted_by) {
+            if newer {
                 newest_death = Some((death.created_at, Rejection::Dead(death.dead)));
             }
         }

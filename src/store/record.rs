@@ -110,22 +110,27 @@ impl Record {
         !revocations.is_revoked(&self.class.pair, self.minted_epoch)
     }
 
-    /// Why this record is dead at `now`, if it is. The first deadline that
-    /// passed names the reason.
+    /// Why this record is dead at `now`, if it is. The first death names
+    /// the reason: a deadline that passed before a RevokeAll keeps its own
+    /// reason, whatever the revocation says.
     pub(super) fn death(&self, now: Millis, revocations: &Revocations) -> Option<DeathReason> {
-        if !self.counted(revocations) {
-            let cause = revocations.cause(&self.class.pair, self.minted_epoch);
-            return Some(DeathReason::Revoked(cause));
-        }
         let last_used = self.last_used.load(Ordering::Acquire);
         let expires_at = self.deadlines_after(last_used).expires_at;
         let idle_deadline = last_used.saturating_add(self.class.idle_timeout);
-        if now < idle_deadline.min(expires_at) {
-            None
-        } else if idle_deadline < expires_at {
-            Some(DeathReason::IdleTimeout)
+        let died_at = idle_deadline.min(expires_at);
+        let reason = if idle_deadline < expires_at {
+            DeathReason::IdleTimeout
         } else {
-            Some(DeathReason::Expired)
+            DeathReason::Expired
+        };
+        let by_time = (now >= died_at).then_some(reason);
+        if self.counted(revocations) {
+            return by_time;
+        }
+        let (revoked_at, cause) = revocations.first_revocation(&self.class.pair, self.minted_epoch);
+        match by_time {
+            Some(reason) if died_at <= revoked_at => Some(reason),
+            _ => Some(DeathReason::Revoked(cause)),
         }
     }
 

@@ -24,26 +24,28 @@ use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use super::types::{RevocationCause, RevokeAllTarget};
+use super::types::{Reach, RevocationCause, RevokeAllTarget};
+use crate::clock::Millis;
 
-/// How many revocation epochs a scope remembers, to name the first
-/// revocation that hit a record. Records revoked by RevokeAll stay in
-/// memory only until their queued deadline (at most an idle timeout), so
-/// only a scope revoked more often than this within one idle timeout while
-/// holding live credentials each time could make a record report a later
-/// revocation than the one that ended it. Bounded so that a caller looping
-/// Mint and RevokeAll cannot grow it.
+/// How many revocations a scope remembers, to name the first revocation
+/// that hit a record. Records revoked by RevokeAll stay in memory only until
+/// their queued deadline (at most an idle timeout), so only a scope revoked
+/// more often than this within one idle timeout while holding live
+/// credentials each time could make a record report a later revocation than
+/// the one that ended it. Bounded so that a caller looping Mint and
+/// RevokeAll cannot grow it.
 const HISTORY: usize = 256;
 
 /// Something RevokeAll ends in one step.
 #[derive(Default)]
 pub(super) struct Scope {
     /// The epoch of its latest revocation (0: never). Read by every
-    /// Resolve, written only under the revocation lock.
-    revoked_at: AtomicU64,
-    /// The epochs of its latest revocations, oldest first. Read only on
+    /// Resolve, written only under the revocation lock; on a cache line of
+    /// its own, away from the counts every Mint writes.
+    revoked_at: CachePadded<AtomicU64>,
+    /// Its latest revocations, oldest first: (epoch, when). Read only on
     /// failures.
-    history: Mutex<VecDeque<u64>>,
+    history: Mutex<VecDeque<(u64, Millis)>>,
 }
 
 impl Scope {
@@ -51,24 +53,24 @@ impl Scope {
         self.revoked_at.load(Ordering::Acquire) > epoch
     }
 
-    fn stamp(&self, epoch: u64) {
+    fn stamp(&self, epoch: u64, now: Millis) {
         let mut history = self.history.lock();
         if history.len() == HISTORY {
             history.pop_front();
         }
-        history.push_back(epoch);
+        history.push_back((epoch, now));
         drop(history);
         self.revoked_at.store(epoch, Ordering::Release);
     }
 
     /// Its first revocation after `epoch`, if any (the oldest remembered
-    /// one when the first has been forgotten).
-    fn first_after(&self, epoch: u64) -> Option<u64> {
+    /// one when the first has been forgotten): (epoch, when).
+    fn first_after(&self, epoch: u64) -> Option<(u64, Millis)> {
         if !self.revoked_after(epoch) {
             return None;
         }
         let history = self.history.lock();
-        let first = history.partition_point(|&stamp| stamp <= epoch);
+        let first = history.partition_point(|&(stamp, _)| stamp <= epoch);
         history.get(first).copied()
     }
 }
@@ -117,16 +119,13 @@ impl LiveCount {
     }
 }
 
-/// A caller that minted credentials: its RevokeAll scope, and its pairs.
-/// Owners are few (the callers of the callers file) and kept for the life
-/// of the store.
+/// A caller that minted credentials: its RevokeAll scope. Owners are few
+/// (the callers of the callers file) and kept for the life of the store.
 pub(super) struct Owner {
     /// The caller's name.
     pub(super) name: Arc<str>,
     scope: Scope,
-    live: Mutex<LiveCount>,
-    /// Its pairs, by provider instance id.
-    pairs: DashMap<Arc<str>, Arc<Pair>>,
+    live: CachePadded<Mutex<LiveCount>>,
 }
 
 /// One caller's credentials of one provider instance: what a non-admin's
@@ -136,8 +135,12 @@ pub(super) struct Pair {
     pub(super) owner: Arc<Owner>,
     /// The provider instance.
     pub(super) instance_id: Arc<str>,
+    /// Whether its owner holds the instance against other callers: true
+    /// when a caller that reaches only its own credentials made it (an
+    /// adapter), false for an administrator's.
+    claims: bool,
     scope: Scope,
-    live: Mutex<LiveCount>,
+    live: CachePadded<Mutex<LiveCount>>,
 }
 
 /// Every revocation scope and the epoch that orders them.
@@ -145,73 +148,106 @@ pub(super) struct Pair {
 pub(super) struct Revocations {
     /// The latest epoch handed out; records are minted at it. Advanced only
     /// under `lock` written.
-    epoch: AtomicU64,
+    epoch: CachePadded<AtomicU64>,
     global: Scope,
     global_live: CachePadded<AtomicU64>,
     owners: DashMap<Arc<str>, Arc<Owner>>,
+    /// The pairs of each provider instance, by instance id: the callers
+    /// that hold credentials of it (usually one: a provider instance is one
+    /// adapter's).
+    instances: DashMap<Arc<str>, Vec<Arc<Pair>>>,
     /// Makes "stamp and count" (Mint, removal) atomic with respect to
     /// "revoke and take the count" (RevokeAll).
-    lock: RwLock<()>,
+    lock: CachePadded<RwLock<()>>,
 }
 
 /// Held while a record is stamped and counted, or uncounted: RevokeAll
 /// waits for it.
-pub(super) struct Counting<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
+pub(super) struct Counting<'a> {
+    _guard: RwLockReadGuard<'a, ()>,
+}
+
+/// A provider instance holds credentials of a caller out of the minting
+/// caller's reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct InstanceTaken;
 
 impl Revocations {
-    /// The pair of `owner` and `instance_id`, created on first use.
-    pub(super) fn pair(&self, owner: &str, instance_id: &str) -> Arc<Pair> {
-        let owner = match self.owners.get(owner) {
-            Some(found) => found.clone(),
-            None => {
-                let name: Arc<str> = Arc::from(owner);
-                self.owners
-                    .entry(name.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Owner {
-                            name,
-                            scope: Scope::default(),
-                            live: Mutex::default(),
-                            pairs: DashMap::new(),
-                        })
-                    })
-                    .clone()
-            }
-        };
-        if let Some(pair) = owner.pairs.get(instance_id) {
-            return pair.clone();
+    /// The owner named `name`, created on first use.
+    fn owner(&self, name: &str) -> Arc<Owner> {
+        if let Some(found) = self.owners.get(name) {
+            return found.clone();
         }
-        let instance_id: Arc<str> = Arc::from(instance_id);
-        let pair = owner
-            .pairs
-            .entry(instance_id.clone())
+        let name: Arc<str> = Arc::from(name);
+        self.owners
+            .entry(name.clone())
             .or_insert_with(|| {
-                Arc::new(Pair {
-                    owner: owner.clone(),
-                    instance_id,
+                Arc::new(Owner {
+                    name,
                     scope: Scope::default(),
-                    live: Mutex::default(),
+                    live: CachePadded::default(),
                 })
             })
-            .clone();
-        pair
+            .clone()
+    }
+
+    /// The pair of `owner` and `instance_id`, created on first use. A
+    /// provider instance belongs to the adapter that holds credentials of
+    /// it: when another caller out of `reach` holds some (and is not an
+    /// administrator, whose pairs claim nothing), the instance is taken, so
+    /// an adapter may neither mint as another adapter's instance nor stand
+    /// in the way of its rotations. The check and the creation happen under
+    /// the instance's entry lock, so two callers cannot both claim a new
+    /// instance.
+    pub(super) fn pair(
+        &self,
+        owner: &str,
+        instance_id: &str,
+        reach: Reach<'_>,
+    ) -> Result<Arc<Pair>, InstanceTaken> {
+        let owner = self.owner(owner);
+        let mut pairs = match self.instances.get_mut(instance_id) {
+            Some(pairs) => pairs,
+            None => self.instances.entry(Arc::from(instance_id)).or_default(),
+        };
+        let taken = pairs.iter().any(|pair| {
+            pair.claims && !Arc::ptr_eq(&pair.owner, &owner) && !reach.covers(&pair.owner.name)
+        });
+        if taken {
+            return Err(InstanceTaken);
+        }
+        if let Some(pair) = pairs.iter().find(|pair| Arc::ptr_eq(&pair.owner, &owner)) {
+            return Ok(pair.clone());
+        }
+        let pair = Arc::new(Pair {
+            owner,
+            instance_id: pairs.key().clone(),
+            claims: reach != Reach::All,
+            scope: Scope::default(),
+            live: CachePadded::default(),
+        });
+        pairs.push(pair.clone());
+        Ok(pair)
     }
 
     /// Forgets `pair` when no record uses it any more (the caller holds one
-    /// reference and the owner's map the other), so its counts and history
-    /// go with it.
+    /// reference and the instance's list the other), so its counts and
+    /// history go with it, and the instance with its last pair.
     pub(super) fn release(&self, pair: Arc<Pair>) {
-        let owner = pair.owner.clone();
         let id = pair.instance_id.clone();
+        let released = Arc::as_ptr(&pair);
         drop(pair);
-        owner
-            .pairs
-            .remove_if(&id, |_, pair| Arc::strong_count(pair) == 1);
+        if let Some(mut pairs) = self.instances.get_mut(&id) {
+            pairs.retain(|pair| !(Arc::as_ptr(pair) == released && Arc::strong_count(pair) == 1));
+        }
+        self.instances.remove_if(&id, |_, pairs| pairs.is_empty());
     }
 
     /// Starts stamping or uncounting records.
     pub(super) fn counting(&self) -> Counting<'_> {
-        Counting(self.lock.read())
+        Counting {
+            _guard: self.lock.read(),
+        }
     }
 
     /// Counts a record of `pair` being minted now; returns the epoch it is
@@ -242,8 +278,8 @@ impl Revocations {
     }
 
     /// The revocation that ended a record of `pair` minted at `epoch`: the
-    /// first of its scopes to be revoked after it.
-    pub(super) fn cause(&self, pair: &Pair, epoch: u64) -> RevocationCause {
+    /// first of its scopes to be revoked after it, and when.
+    pub(super) fn first_revocation(&self, pair: &Pair, epoch: u64) -> (Millis, RevocationCause) {
         [
             (
                 pair.scope.first_after(epoch),
@@ -254,14 +290,14 @@ impl Revocations {
         ]
         .into_iter()
         .filter_map(|(stamp, cause)| stamp.map(|stamp| (stamp, cause)))
-        .min_by_key(|&(stamp, _)| stamp)
-        .map_or(RevocationCause::All, |(_, cause)| cause)
+        .min_by_key(|&((stamp, _), _)| stamp)
+        .map_or((0, RevocationCause::All), |((_, at), cause)| (at, cause))
     }
 
-    /// Revokes `target`; returns how many live credentials it ended. The
-    /// cost grows with the number of callers at most, never with the
-    /// number of credentials.
-    pub(super) fn revoke(&self, target: RevokeAllTarget<'_>) -> u64 {
+    /// Revokes `target` at `now`; returns how many live credentials it
+    /// ended. The cost grows with the number of callers of one instance at
+    /// most, never with the number of credentials.
+    pub(super) fn revoke(&self, target: RevokeAllTarget<'_>, now: Millis) -> u64 {
         let _bumping = self.lock.write();
         let epoch = self.epoch.load(Ordering::Acquire) + 1;
         let global = self.global.revoked_at.load(Ordering::Acquire);
@@ -269,7 +305,7 @@ impl Revocations {
             RevokeAllTarget::Everything => {
                 let live = self.global_live.swap(0, Ordering::AcqRel);
                 if live > 0 {
-                    self.global.stamp(epoch);
+                    self.global.stamp(epoch, now);
                 }
                 live
             }
@@ -283,7 +319,7 @@ impl Revocations {
                     live
                 };
                 if live > 0 {
-                    owner.scope.stamp(epoch);
+                    owner.scope.stamp(epoch, now);
                     self.global_live.fetch_sub(live, Ordering::AcqRel);
                 }
                 live
@@ -291,14 +327,22 @@ impl Revocations {
             RevokeAllTarget::MintedByForInstance {
                 minted_by,
                 provider_instance_id,
-            } => self.owners.get(minted_by).map_or(0, |owner| {
-                self.revoke_pair(&owner, provider_instance_id, epoch, global)
-            }),
-            // One step per caller, not per credential.
-            RevokeAllTarget::Instance(id) => self
-                .owners
+            } => self
+                .pairs_of(provider_instance_id)
                 .iter()
-                .map(|owner| self.revoke_pair(&owner, id, epoch, global))
+                .map(|pair| {
+                    if *pair.owner.name == *minted_by {
+                        self.revoke_pair(pair, epoch, global, now)
+                    } else {
+                        0
+                    }
+                })
+                .sum(),
+            // One step per caller holding the instance, not per credential.
+            RevokeAllTarget::Instance(id) => self
+                .pairs_of(id)
+                .iter()
+                .map(|pair| self.revoke_pair(pair, epoch, global, now))
                 .sum(),
         };
         if revoked > 0 {
@@ -307,12 +351,17 @@ impl Revocations {
         revoked
     }
 
-    /// Revokes one owner's pair for `instance_id` at `epoch`; called with
-    /// the lock written.
-    fn revoke_pair(&self, owner: &Owner, instance_id: &str, epoch: u64, global: u64) -> u64 {
-        let Some(pair) = owner.pairs.get(instance_id).map(|p| p.clone()) else {
-            return 0;
-        };
+    /// The pairs of a provider instance, copied out of the map so no map
+    /// lock is held while they are revoked.
+    fn pairs_of(&self, instance_id: &str) -> Vec<Arc<Pair>> {
+        self.instances
+            .get(instance_id)
+            .map_or_else(Vec::new, |pairs| pairs.clone())
+    }
+
+    /// Revokes one pair at `epoch`; called with the lock written.
+    fn revoke_pair(&self, pair: &Pair, epoch: u64, global: u64, now: Millis) -> u64 {
+        let owner = &pair.owner;
         let enclosing = owner.scope.revoked_at.load(Ordering::Acquire).max(global);
         let live = {
             let mut count = pair.live.lock();
@@ -323,7 +372,7 @@ impl Revocations {
             live
         };
         if live > 0 {
-            pair.scope.stamp(epoch);
+            pair.scope.stamp(epoch, now);
             owner.live.lock().remove(live);
             self.global_live.fetch_sub(live, Ordering::AcqRel);
         }

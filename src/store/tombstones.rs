@@ -4,13 +4,14 @@
 //! count.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use nohash_hasher::BuildNoHashHasher;
 use parking_lot::Mutex;
 
-use super::types::DeadCredential;
+use super::types::{DeadCredential, Reach};
 use crate::clock::Millis;
 use crate::token::{CredentialId, TokenDigest};
 
@@ -116,37 +117,42 @@ impl Tombstones {
     }
 }
 
-/// The newest dead credential of each thread whose credentials died, so
-/// Touch by thread gives the reason Resolve gives for the thread's newest
-/// token after its records are gone.
+/// The newest dead credential of each owner of each thread whose
+/// credentials died, so Touch by thread gives the reason Resolve gives for
+/// the thread's newest token after its records are gone, to each caller for
+/// its own credentials (another caller's later death must not hide it).
 #[derive(Default)]
 pub(super) struct ThreadTombstones {
-    /// Keyed with DashMap's default random seed: thread ids come from
-    /// callers.
-    by_thread: DashMap<Box<str>, ThreadDeath>,
-    /// (recorded at, thread) in recording order. A thread recorded again
-    /// leaves its older entry behind, recognised as stale by its time; the
-    /// queue is bounded at twice the capacity all the same.
-    order: Mutex<VecDeque<(Millis, Box<str>)>>,
+    /// By thread (keyed with DashMap's default random seed: thread ids come
+    /// from callers), one entry per owner: a thread has a caller or two.
+    by_thread: DashMap<Box<str>, Vec<ThreadDeath>>,
+    /// (recorded at, thread, owner) in recording order. An entry recorded
+    /// again leaves its older one behind, recognised as stale by its time;
+    /// the queue is bounded at twice the capacity all the same.
+    order: Mutex<VecDeque<Recorded>>,
 }
 
-/// A thread's newest dead credential.
+/// A queued thread-tombstone entry: when it was recorded, its thread and
+/// its owner.
+type Recorded = (Millis, Box<str>, Arc<str>);
+
+/// An owner's newest dead credential of a thread.
 #[derive(Debug, Clone)]
 pub(super) struct ThreadDeath {
     /// When that credential was minted: a newer death replaces it.
     pub(super) created_at: Millis,
     /// When this entry was recorded, for eviction.
     recorded_at: Millis,
-    /// The credential.
+    /// The credential (its `minted_by` is the owner).
     pub(super) dead: DeadCredential,
 }
 
 impl ThreadTombstones {
     /// Remembers that a credential of `thread_id` minted at `created_at`
-    /// died, unless a newer one of the thread is remembered already. Of two
-    /// minted in the same millisecond the later death wins, so callers
-    /// retire a thread's records oldest first. The caller holds the
-    /// thread's shard lock, so one thread's records never race here.
+    /// died, unless a newer one of the same thread and owner is remembered
+    /// already. Of two minted in the same millisecond the later death wins,
+    /// so callers retire a thread's records oldest first. The caller holds
+    /// the thread's shard lock, so one thread's records never race here.
     pub(super) fn record(
         &self,
         thread_id: &str,
@@ -158,57 +164,64 @@ impl ThreadTombstones {
         if retention.capacity == 0 {
             return;
         }
-        if let Some(mut known) = self.by_thread.get_mut(thread_id) {
-            if known.created_at > created_at {
-                return;
-            }
-            *known = ThreadDeath {
+        let owner = {
+            let mut deaths = match self.by_thread.get_mut(thread_id) {
+                Some(deaths) => deaths,
+                None => self.by_thread.entry(thread_id.into()).or_default(),
+            };
+            let dead = dead();
+            let owner = dead.minted_by.clone();
+            let death = ThreadDeath {
                 created_at,
                 recorded_at: now,
-                dead: dead(),
+                dead,
             };
-        } else {
-            self.by_thread.insert(
-                thread_id.into(),
-                ThreadDeath {
-                    created_at,
-                    recorded_at: now,
-                    dead: dead(),
-                },
-            );
-        }
+            match deaths.iter_mut().find(|d| d.dead.minted_by == owner) {
+                Some(known) if known.created_at > created_at => return,
+                Some(known) => *known = death,
+                None => deaths.push(death),
+            }
+            owner
+        };
         let mut order = self.order.lock();
-        order.push_back((now, thread_id.into()));
+        order.push_back((now, thread_id.into(), owner));
         while order.len() > 2 * retention.capacity || self.by_thread.len() > retention.capacity {
-            let Some((at, oldest)) = order.pop_front() else {
+            let Some((at, thread, owner)) = order.pop_front() else {
                 break;
             };
-            self.forget_if_recorded_at(&oldest, at);
+            self.forget_if_recorded_at(&thread, &owner, at);
         }
     }
 
     /// Forgets entries recorded at or before `cutoff`.
     pub(super) fn evict_older_than(&self, cutoff: Millis) {
         let mut order = self.order.lock();
-        while let Some((at, _)) = order.front() {
-            if *at > cutoff {
-                return;
-            }
-            if let Some((at, thread_id)) = order.pop_front() {
-                self.forget_if_recorded_at(&thread_id, at);
+        while order.front().is_some_and(|(at, _, _)| *at <= cutoff) {
+            if let Some((at, thread, owner)) = order.pop_front() {
+                self.forget_if_recorded_at(&thread, &owner, at);
             }
         }
     }
 
-    /// Removes the thread's entry if the queue entry at `at` is its latest.
-    fn forget_if_recorded_at(&self, thread_id: &str, at: Millis) {
+    /// Removes the owner's entry of the thread if the queue entry at `at`
+    /// is its latest, and the thread's with its last entry.
+    fn forget_if_recorded_at(&self, thread_id: &str, owner: &str, at: Millis) {
+        if let Some(mut deaths) = self.by_thread.get_mut(thread_id) {
+            deaths.retain(|d| !(*d.dead.minted_by == *owner && d.recorded_at <= at));
+        }
         self.by_thread
-            .remove_if(thread_id, |_, death| death.recorded_at <= at);
+            .remove_if(thread_id, |_, deaths| deaths.is_empty());
     }
 
-    /// The newest dead credential remembered for `thread_id`.
-    pub(super) fn get(&self, thread_id: &str) -> Option<ThreadDeath> {
-        self.by_thread.get(thread_id).map(|death| death.clone())
+    /// The newest dead credential of `thread_id` among those `reach`
+    /// covers.
+    pub(super) fn get(&self, thread_id: &str, reach: Reach<'_>) -> Option<ThreadDeath> {
+        let deaths = self.by_thread.get(thread_id)?;
+        deaths
+            .iter()
+            .filter(|d| reach.covers(&d.dead.minted_by))
+            .max_by_key(|d| d.created_at)
+            .cloned()
     }
 
     /// How many threads are remembered.
