@@ -2,6 +2,7 @@
 //! each request, calls the store, audits what changed, and turns the
 //! outcome into a response or a typed failure, with one log line per call.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -182,7 +183,7 @@ impl AuthorityService {
     fn audit_denial(&self, call: &Call, failure: &Failure, credential_id: Option<CredentialId>) {
         let caller = call.caller.as_ref().ok();
         let (peer_key, peer) = match &call.peer {
-            Some(Peer::Tcp(addr)) => (PeerKey::Ip(addr.ip()), addr.ip().to_string()),
+            Some(Peer::Tcp(addr)) => (limited_as(addr.ip()), addr.ip().to_string()),
             Some(Peer::Unix { uid, .. }) => (PeerKey::Uid(*uid), format!("uid:{uid}")),
             None => (PeerKey::Unknown, "-".to_owned()),
         };
@@ -223,6 +224,25 @@ struct Call {
 impl Call {
     fn request_id(&self) -> &str {
         self.request_id.as_ref().map_or("-", RequestId::as_str)
+    }
+}
+
+/// The peer a denial counts against in the audit trail's rate limit: the
+/// whole loopback range as one (a local process may send from any of
+/// 127.0.0.0/8), and an IPv6 client by its /64 (one host holds a whole
+/// /64), so that rotating source addresses earns no fresh burst.
+fn limited_as(ip: IpAddr) -> PeerKey {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        ip if ip.is_loopback() => PeerKey::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            PeerKey::Ip(IpAddr::V6(Ipv6Addr::from(prefix)))
+        }
+        v4 => PeerKey::Ip(v4),
     }
 }
 
@@ -559,6 +579,33 @@ mod tests {
             audit,
         );
         (service, store, draining)
+    }
+
+    /// Catches: a denial limiter keyed by the exact source address, which a
+    /// local process defeats by sending from 127.0.0.2, 127.0.0.3, ... and a
+    /// remote one by rotating through its IPv6 /64.
+    #[test]
+    fn denials_are_limited_per_host_not_per_source_address() {
+        let loopback = limited_as("127.0.0.1".parse().unwrap());
+        for other in ["127.0.0.2", "127.255.0.9", "::1", "::ffff:127.0.0.5"] {
+            assert_eq!(limited_as(other.parse().unwrap()), loopback, "{other}");
+        }
+        assert_eq!(
+            limited_as("2001:db8:1:2::1".parse().unwrap()),
+            limited_as("2001:db8:1:2:ffff:aaaa:1:2".parse().unwrap())
+        );
+        assert_ne!(
+            limited_as("2001:db8:1:2::1".parse().unwrap()),
+            limited_as("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_ne!(
+            limited_as("192.0.2.1".parse().unwrap()),
+            limited_as("192.0.2.2".parse().unwrap())
+        );
+        assert_eq!(
+            limited_as("::ffff:192.0.2.1".parse().unwrap()),
+            limited_as("192.0.2.1".parse().unwrap())
+        );
     }
 
     #[tokio::test]
