@@ -241,6 +241,8 @@ impl ServeArgs {
             failure: self.audit_failure,
             denials_per_second: self.audit_denials_per_second,
             denial_burst: self.audit_denial_burst,
+            total_denials_per_second: 100,
+            total_denial_burst: 500,
         }
     }
 

@@ -567,6 +567,8 @@ mod tests {
                 failure: crate::audit::AuditFailureMode::Closed,
                 denials_per_second: 10,
                 denial_burst: 10,
+                total_denials_per_second: 100,
+                total_denial_burst: 500,
             },
             clock,
         )

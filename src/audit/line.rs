@@ -1,5 +1,5 @@
 //! One audit line: an [`AuditEvent`] with its time (and, for a denial, the
-//! count suppressed before it) as one JSON object and a newline.
+//! counts suppressed before it) as one JSON object and a newline.
 //!
 //! The line is built by `serde_json`, so whatever a client sent (a thread id
 //! with quotes, newlines or control characters) is escaped and cannot forge
@@ -7,12 +7,15 @@
 
 use serde::Serialize;
 
+use super::limiter::Suppressed;
 use super::AuditEvent;
 use crate::clock::Millis;
 
 /// The JSON object of one line. Field order is the order of the struct:
 /// `time`, `request_id`, `rpc`, `outcome`, the optional fields that are
-/// set, then `suppressed` when non-zero.
+/// set, then `suppressed` (this peer's denials not written since its
+/// previous line) and `suppressed_total` (any peer's denials refused by the
+/// total budget since the previous denial line), each when non-zero.
 #[derive(Serialize)]
 struct Line<'a> {
     time: &'a str,
@@ -43,16 +46,18 @@ struct Line<'a> {
     detail: Option<&'a str>,
     #[serde(skip_serializing_if = "is_zero")]
     suppressed: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    suppressed_total: u64,
 }
 
-/// Whether `suppressed` is left out of the line.
+/// Whether a count is left out of the line.
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
 /// The complete line for `event` at `now`, newline included, ready for one
 /// `write_all`.
-pub(super) fn encode(event: &AuditEvent<'_>, now: Millis, suppressed: u64) -> Vec<u8> {
+pub(super) fn encode(event: &AuditEvent<'_>, now: Millis, suppressed: Suppressed) -> Vec<u8> {
     // Destructured without `..`: a field added to the event that is not
     // added to the line is a compile error, not a silently missing field.
     let AuditEvent {
@@ -88,7 +93,8 @@ pub(super) fn encode(event: &AuditEvent<'_>, now: Millis, suppressed: u64) -> Ve
         replaced,
         peer,
         detail,
-        suppressed,
+        suppressed: suppressed.peer,
+        suppressed_total: suppressed.total,
     };
     let mut buf = Vec::with_capacity(256);
     serde_json::to_writer(&mut buf, &line)

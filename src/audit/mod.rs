@@ -12,9 +12,14 @@
 //! [`AuditFailureMode::Closed`] a failed write fails the call; with
 //! [`AuditFailureMode::Open`] the call goes on and the loss is counted.
 //!
-//! Denials go through [`AuditLog::denied`], rate-limited per peer (see
-//! `limiter`), so a flood of refused callers can neither fill the disk nor,
-//! by filling it, make Closed mode refuse everyone else.
+//! Denials go through [`AuditLog::denied`], rate-limited per peer and, as a
+//! backstop, in total over all peers (see `limiter`), so a flood of refused
+//! callers can neither fill the disk nor, by filling it, make Closed mode
+//! refuse everyone else, however many source addresses it comes from. A
+//! written denial line carries `"suppressed": N`, its peer's denials not
+//! written since the peer's previous line, and `"suppressed_total": N`, the
+//! denials of any peer refused by the total budget since the previous
+//! written denial line, each when non-zero.
 
 mod limiter;
 mod line;
@@ -32,7 +37,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::clock::{Clock, Millis};
-use limiter::{Admit, Limiter, MAX_PEERS};
+use limiter::{Admit, Limiter, Rate, Suppressed, MAX_PEERS};
 
 /// Failure reports are written at most this often (milliseconds), each with
 /// the count since the previous one, so a full disk does not also flood the
@@ -87,6 +92,15 @@ pub struct AuditConfig {
     /// Denial lines a peer may have written back to back (0: none; every
     /// denial is only counted).
     pub denial_burst: u32,
+    /// Denial lines per second all peers together regain (0: none, only
+    /// the burst). The backstop for a flood from many addresses, each with
+    /// its own per-peer bucket: it bounds the total however the peers are
+    /// counted.
+    pub total_denials_per_second: u32,
+    /// Denial lines all peers together may have written back to back (0:
+    /// none; every denial is only counted). A denial is written only if
+    /// both its peer's bucket and this one have a line to give.
+    pub total_denial_burst: u32,
 }
 
 /// The audit trail; cheap to clone, shared by every call.
@@ -103,8 +117,10 @@ struct Inner {
     limiter: Mutex<Limiter>,
     /// Lines not written in Open mode, in total.
     lost: AtomicU64,
-    /// Denial lines suppressed by the rate limit, in total.
+    /// Denial lines suppressed by either limit, in total.
     suppressed: AtomicU64,
+    /// Denial lines suppressed by the total budget, in total.
+    suppressed_by_total: AtomicU64,
     reports: Reports,
 }
 
@@ -143,12 +159,19 @@ impl AuditLog {
                 failure: config.failure,
                 clock,
                 limiter: Mutex::new(Limiter::new(
-                    config.denials_per_second,
-                    config.denial_burst,
+                    Rate {
+                        per_second: config.denials_per_second,
+                        burst: config.denial_burst,
+                    },
+                    Rate {
+                        per_second: config.total_denials_per_second,
+                        burst: config.total_denial_burst,
+                    },
                     MAX_PEERS,
                 )),
                 lost: AtomicU64::new(0),
                 suppressed: AtomicU64::new(0),
+                suppressed_by_total: AtomicU64::new(0),
                 reports: Reports::default(),
             }),
         })
@@ -157,30 +180,41 @@ impl AuditLog {
     /// Writes the line of a state change (Mint, revocation) before the reply.
     /// `Err` only in Closed mode: the caller must then fail the call.
     pub fn record(&self, event: &AuditEvent<'_>) -> Result<(), AuditUnavailable> {
-        self.inner.write(event, 0)
+        self.inner.write(event, Suppressed::default())
     }
 
     /// Writes the line of a denied call, unless `peer` has used up its
-    /// burst: then nothing is written, the line is counted for the peer (its
-    /// next line that is written carries `"suppressed": N`, so a count is
-    /// not lost with a line that failed) and in [`AuditLog::suppressed`],
-    /// and the result is `Ok`. `Err` only in Closed mode when a line that
-    /// was due could not be written; the call is refused either way.
+    /// burst or all peers together have used up the total burst: then
+    /// nothing is written, the line is counted for the peer (its next line
+    /// that is written carries `"suppressed": N`), in
+    /// [`AuditLog::suppressed`] and, if the total budget refused it, in
+    /// [`AuditLog::suppressed_by_total`] and in the `"suppressed_total": N`
+    /// of the next denial line written; the result is `Ok`. A count handed
+    /// to a line that then failed is given back, so it rides on a later
+    /// line instead of being lost. `Err` only in Closed mode when a line
+    /// that was due could not be written; the call is refused either way.
     pub fn denied(&self, peer: &PeerKey, event: &AuditEvent<'_>) -> Result<(), AuditUnavailable> {
         let now = self.inner.clock.now();
         let admit = self.inner.limiter.lock().admit(peer, now);
         match admit {
             Admit::Write(suppressed) => {
                 let attempt = self.inner.attempt(event, suppressed);
-                if attempt.is_err() && suppressed > 0 {
-                    // The count did not reach the trail with this line: it
-                    // rides on the peer's next line that is written instead.
+                if attempt.is_err() && !suppressed.is_empty() {
+                    // The counts did not reach the trail with this line:
+                    // they ride on the next lines that are written instead.
                     self.inner.limiter.lock().restore(peer, suppressed);
                 }
                 self.inner.settle(attempt)
             }
             Admit::Suppress => {
                 self.inner.suppressed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Admit::SuppressTotal => {
+                self.inner.suppressed.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .suppressed_by_total
+                    .fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         }
@@ -204,10 +238,18 @@ impl AuditLog {
         self.inner.lost.load(Ordering::Relaxed)
     }
 
-    /// Denial lines suppressed by the rate limit since start, including
+    /// Denial lines suppressed since start by either limit, including
     /// those of peers since forgotten.
     pub fn suppressed(&self) -> u64 {
         self.inner.suppressed.load(Ordering::Relaxed)
+    }
+
+    /// Denial lines suppressed since start by the total budget (a peer
+    /// that still had a line to give, refused because all peers together
+    /// had used theirs): a part of [`AuditLog::suppressed`]. Non-zero means
+    /// the total limit bit at least once.
+    pub fn suppressed_by_total(&self) -> u64 {
+        self.inner.suppressed_by_total.load(Ordering::Relaxed)
     }
 }
 
@@ -222,19 +264,24 @@ impl std::fmt::Debug for AuditLog {
             .field("failure", &self.inner.failure)
             .field("lost", &self.lost())
             .field("suppressed", &self.suppressed())
+            .field("suppressed_by_total", &self.suppressed_by_total())
             .finish()
     }
 }
 
 impl Inner {
     /// Encodes and writes one line, applying the failure mode.
-    fn write(&self, event: &AuditEvent<'_>, suppressed: u64) -> Result<(), AuditUnavailable> {
+    fn write(
+        &self,
+        event: &AuditEvent<'_>,
+        suppressed: Suppressed,
+    ) -> Result<(), AuditUnavailable> {
         self.settle(self.attempt(event, suppressed))
     }
 
     /// Encodes and writes one line, reporting a failure in the log; the OS
     /// error when the line did not reach the sink.
-    fn attempt(&self, event: &AuditEvent<'_>, suppressed: u64) -> io::Result<()> {
+    fn attempt(&self, event: &AuditEvent<'_>, suppressed: Suppressed) -> io::Result<()> {
         let now = self.clock.now();
         let line = line::encode(event, now, suppressed);
         match self.write_line(&line) {
