@@ -146,6 +146,24 @@ pub struct ServeArgs {
     )]
     pub audit_denial_burst: u32,
 
+    /// Audit lines per second for denied calls from all peers together: the
+    /// backstop that bounds the trail however many addresses a flood comes
+    /// from. Lines beyond it are counted as `suppressed_total`.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_AUDIT_DENIALS_TOTAL_PER_SECOND",
+        default_value_t = 100
+    )]
+    pub audit_denials_total_per_second: u32,
+
+    /// Burst of denial lines all peers together may write.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_AUDIT_DENIAL_TOTAL_BURST",
+        default_value_t = 500
+    )]
+    pub audit_denial_total_burst: u32,
+
     /// How long a credential may go unused before it dies; also the upper
     /// bound of Mint's per-credential override.
     #[arg(long, env = "CREDENTIAL_AUTHORITY_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
@@ -241,8 +259,8 @@ impl ServeArgs {
             failure: self.audit_failure,
             denials_per_second: self.audit_denials_per_second,
             denial_burst: self.audit_denial_burst,
-            total_denials_per_second: 100,
-            total_denial_burst: 500,
+            total_denials_per_second: self.audit_denials_total_per_second,
+            total_denial_burst: self.audit_denial_total_burst,
         }
     }
 
