@@ -7,13 +7,15 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+
+use crate::state_dir::{euid, private_dir, DirProblem};
 
 use super::{
     accept_failed, accept_succeeded, Backoff, Connection, Counters, Io, ListenAddr, Peer,
@@ -22,11 +24,6 @@ use super::{
 
 /// How long probing an old socket may take before it counts as alive.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
 
 /// Binds a Unix socket at `path` inside a private directory, replacing a
 /// dead socket left by an earlier run, and records it in `files` so it is
@@ -60,44 +57,31 @@ pub(crate) async fn bind(
 }
 
 /// Makes sure `dir` is a directory owned by this uid that nobody else may
-/// enter, creating only its last component (mode 0700) if it is missing.
+/// enter, creating only its last component (mode 0700) if it is missing: a
+/// mistyped path fails instead of growing a tree of directories.
 fn prepare_dir(dir: &Path) -> Result<(), TransportError> {
-    let dir_error = |source| TransportError::UnixDir {
-        dir: dir.to_owned(),
-        source,
-    };
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "created the socket directory"),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(dir_error(e)),
-            }
-            // Checked again: someone may have created it first.
-            fs::metadata(dir).map_err(dir_error)?
+    let problem = match private_dir(dir) {
+        Ok(true) => {
+            tracing::info!(dir = %dir.display(), "created the socket directory");
+            return Ok(());
         }
-        Err(e) => return Err(dir_error(e)),
+        Ok(false) => return Ok(()),
+        Err(problem) => problem,
     };
-    if !meta.is_dir() {
-        return Err(dir_error(io::ErrorKind::NotADirectory.into()));
-    }
-    let euid = euid();
-    let problem = if meta.uid() != euid {
-        format!("it belongs to uid {}", meta.uid())
-    } else if meta.mode() & 0o077 != 0 {
-        format!(
-            "its mode {:04o} lets group or others in",
-            meta.mode() & 0o7777
-        )
-    } else {
-        return Ok(());
+    let dir = dir.to_owned();
+    let (problem, euid) = match problem {
+        DirProblem::Io { source, .. } => return Err(TransportError::UnixDir { dir, source }),
+        DirProblem::NotADirectory => {
+            let source = io::ErrorKind::NotADirectory.into();
+            return Err(TransportError::UnixDir { dir, source });
+        }
+        DirProblem::NotOwned { owner, euid } => (format!("it belongs to uid {owner}"), euid),
+        DirProblem::NotPrivate { mode } => (
+            format!("its mode {mode:04o} lets group or others in"),
+            euid(),
+        ),
     };
-    Err(TransportError::UnixDirInsecure {
-        dir: dir.to_owned(),
-        problem,
-        euid,
-    })
+    Err(TransportError::UnixDirInsecure { dir, problem, euid })
 }
 
 /// Clears the way for binding: nothing there is fine, a socket nobody
