@@ -19,18 +19,25 @@
 //! of 16 or more hex digits are redacted from every message), only key ids.
 //! Edits go through `toml_edit`, so comments and layout survive; the result
 //! is checked with [`parse`] and replaces the file atomically.
+//!
+//! Whoever can write the file, or replace it in its directory, decides who
+//! may call, so [`load`] (the server's start and every SIGHUP) refuses a
+//! file anyone but this user or root could have written; see
+//! [`read_trusted`] for the rules and why symlinks are followed.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _};
 use std::ops::Range;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use toml::Spanned;
 
 use super::key::KeyDigest;
+use crate::state_dir::euid;
 use crate::token::{CALLER_KEY_PREFIX, TOKEN_PREFIX};
 
 /// What a caller may do; the server decides which calls each role allows.
@@ -139,6 +146,17 @@ pub enum CallersFileError {
         path: PathBuf,
         /// Why, and what to do instead.
         message: String,
+    },
+    /// Someone other than this user or root could have written the file
+    /// (or replaced it in its directory), so it cannot say who may call.
+    #[error("refusing callers file {}: {problem}; {fix}", .path.display())]
+    Insecure {
+        /// The file, as it was named.
+        path: PathBuf,
+        /// Who could write what, naming the real file or directory.
+        problem: String,
+        /// The command that fixes it.
+        fix: String,
     },
     /// Reading or writing failed.
     #[error("cannot {action} {}: {source}", .path.display())]
@@ -496,14 +514,168 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
     Ok(CallersFile { callers })
 }
 
-/// Reads and parses the file at `path`; errors name the path.
+/// Reads and parses the file at `path`, after [`read_trusted`]'s checks of
+/// who could have written it; errors name the path.
 pub fn load(path: &Path) -> Result<CallersFile, CallersFileError> {
-    let text = fs::read_to_string(path).map_err(|source| CallersFileError::Io {
+    let real = fs::canonicalize(path).map_err(|source| CallersFileError::Io {
         action: "read callers file",
         path: path.to_owned(),
         source,
     })?;
+    let dir = real.parent().unwrap_or(&real);
+    let meta = fs::metadata(dir).map_err(|source| CallersFileError::Io {
+        action: "inspect the directory of callers file",
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(exposure) = dir_exposure(dir, meta.uid(), meta.mode(), euid()) {
+        return Err(exposure.refuse(path));
+    }
+    let text = read_trusted(path, &real)?;
     parse(&text).map_err(|error| with_path(error, path))
+}
+
+/// Why a callers file, or the directory it is in, cannot be trusted, and
+/// the command that fixes it. Shared by [`load`], which refuses, and
+/// `callers`, which warns before writing into such a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Exposure {
+    /// Who could write what, naming the file or directory.
+    pub(crate) problem: String,
+    /// What to run.
+    pub(crate) fix: String,
+}
+
+impl Exposure {
+    /// The refusal of the callers file `path` (as the operator named it).
+    fn refuse(self, path: &Path) -> CallersFileError {
+        CallersFileError::Insecure {
+            path: path.to_owned(),
+            problem: self.problem,
+            fix: self.fix,
+        }
+    }
+}
+
+/// Whether the callers file itself can be trusted, from its type, owner
+/// and mode (plain values, so tests can try any owner without root).
+///
+/// Refused: anything but a regular file (a FIFO or device is no
+/// configuration); an owner other than `euid` or root (that user could
+/// rewrite it at will; root-owned is the config-management case, and root
+/// can do anything anyway); group or other write permission (they could
+/// add a caller). Readable by others is fine: the file holds digests and
+/// key ids, not keys.
+fn file_exposure(real: &Path, regular: bool, uid: u32, mode: u32, euid: u32) -> Option<Exposure> {
+    let shown = real.display();
+    let (problem, fix) = if !regular {
+        (
+            format!("{shown} is not a regular file"),
+            "point --callers at a regular file (a symlink to one is fine)".to_owned(),
+        )
+    } else if uid != euid && uid != 0 {
+        (
+            format!(
+                "{shown} is owned by uid {uid}, neither this server's user (uid {euid}) nor \
+                 root, so that user could rewrite who may call"
+            ),
+            format!("run `chown {euid} {shown}`, or pick another file"),
+        )
+    } else if mode & 0o022 != 0 {
+        (
+            format!(
+                "{shown} has mode {:04o}, so group or others may write it and add a caller",
+                mode & 0o7777
+            ),
+            format!("run `chmod go-w {shown}`"),
+        )
+    } else {
+        return None;
+    };
+    Some(Exposure { problem, fix })
+}
+
+/// Whether the directory holding the callers file can be trusted: who may
+/// write a directory may rename the file away and put their own in its
+/// place, whatever the file's own mode.
+///
+/// Refused: an owner other than `euid` or root; group or other write
+/// permission without the sticky bit. With the sticky bit (`/tmp`), others
+/// may add entries but not rename or remove ours, and a file they plant is
+/// theirs, which [`file_exposure`] refuses.
+pub(crate) fn dir_exposure(dir: &Path, uid: u32, mode: u32, euid: u32) -> Option<Exposure> {
+    let shown = dir.display();
+    let (problem, fix) = if uid != euid && uid != 0 {
+        (
+            format!(
+                "its directory {shown} is owned by uid {uid}, neither this server's user \
+                 (uid {euid}) nor root, so that user could replace the file"
+            ),
+            format!("run `chown {euid} {shown}`, or move the file to a directory of this user"),
+        )
+    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        (
+            format!(
+                "its directory {shown} has mode {:04o}, so group or others may replace the file",
+                mode & 0o7777
+            ),
+            format!("run `chmod go-w {shown}`"),
+        )
+    } else {
+        return None;
+    };
+    Some(Exposure { problem, fix })
+}
+
+/// The text of `real` (the callers file `path`, its links resolved), once
+/// [`file_exposure`] finds nothing wrong with it; errors name `path`.
+///
+/// Symlinks are followed, deliberately: config management often installs
+/// the callers file as a link into a store or a versioned directory, and
+/// refusing links would push operators to copies that go stale. What is
+/// checked is what decides the contents: the final file and the directory
+/// it really sits in ([`load`] canonicalizes, then checks that directory
+/// with [`dir_exposure`]). The directories holding the links are not
+/// checked: they are often the deployment tool's (a mount point, a
+/// profile), and a link repointed by whoever controls one can only reach a
+/// file that passes the same checks, one that this user or root wrote and
+/// nobody else can change.
+///
+/// The checked file is the file read: `real` is opened without following a
+/// last link (it has none, unless it was swapped since) and without
+/// blocking (a FIFO would otherwise hang the reload), and the checks run
+/// on the open descriptor.
+fn read_trusted(path: &Path, real: &Path) -> Result<String, CallersFileError> {
+    let io = |action| {
+        move |source| CallersFileError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let euid = euid();
+    let check = |meta: &fs::Metadata| match file_exposure(
+        real,
+        meta.is_file(),
+        meta.uid(),
+        meta.mode(),
+        euid,
+    ) {
+        Some(exposure) => Err(exposure.refuse(path)),
+        None => Ok(()),
+    };
+    // Checked before opening too: opening a device can have side effects.
+    check(&fs::metadata(real).map_err(io("read callers file"))?)?;
+    let mut file: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(real)
+        .map_err(io("read callers file"))?;
+    check(&file.metadata().map_err(io("inspect callers file"))?)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(io("read callers file"))?;
+    Ok(text)
 }
 
 /// Names `path` in an error from [`parse`].
