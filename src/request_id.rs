@@ -86,6 +86,8 @@ impl<S> Layer<S> for RequestIdLayer {
 /// The service made by [`RequestIdLayer`].
 #[derive(Debug, Clone)]
 pub struct RequestIdService<S> {
+    /// The wrapped service (the routes, or the next layer), called with the
+    /// id already in the request's extensions.
     inner: S,
 }
 

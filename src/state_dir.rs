@@ -121,7 +121,7 @@ fn state_dir_from(
 /// mode 0700), then refuses it unless this process's effective user owns
 /// it and group and others have no access.
 ///
-/// The parents are created here, not in [`private_dir`]: the state
+/// The parents are created here, not in the shared `private_dir`: the state
 /// directory's default lives under `~/.local/state`, which a fresh account
 /// may not have yet, while a socket directory must not grow a tree of
 /// directories from a typo.

@@ -22,12 +22,12 @@
 //!
 //! Whoever can write the file, or replace it in its directory, decides who
 //! may call, so [`load`] (the server's start and every SIGHUP) refuses a
-//! file anyone but this user or root could have written; see
-//! [`read_trusted`] for the rules and why symlinks are followed.
+//! file anyone but this user or root could have written (the rules are on
+//! [`load`]; why symlinks are followed is on the private `read_trusted`).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read as _};
 use std::ops::Range;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
@@ -52,6 +52,8 @@ pub enum Role {
     Admin,
 }
 
+/// The spellings are fixed here, in one place, for the file, the command
+/// line and the messages alike.
 impl Role {
     /// Every role, for help texts and exhaustive tests.
     pub const ALL: [Role; 3] = [Role::Mint, Role::Resolve, Role::Admin];
@@ -79,6 +81,7 @@ impl fmt::Display for Role {
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
+    /// Names the word and the roles that exist, for clap and the file.
     type Err = UnknownRole;
 
     /// The file's spelling exactly (lowercase), so `--roles` and the file
@@ -242,28 +245,44 @@ fn looks_secret(text: &str) -> bool {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// `[[caller]]` tables, spanned so a refusal can give the line; none is
+    /// a valid (if useless) file, so a fresh one can start empty.
     #[serde(default)]
     caller: Vec<Spanned<RawCaller>>,
 }
 
+/// One `[[caller]]` as written. Unknown fields are refused, so a typo such
+/// as `role = ...` is an error instead of a caller with no roles. Values
+/// are strings here, checked by [`parse`], so a bad one is named with its
+/// caller rather than by serde's generic message.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCaller {
+    /// Optional here so its absence gets a message of its own.
     name: Option<Spanned<String>>,
+    /// Strings, parsed into [`Role`]s by [`parse`] to name the caller.
     #[serde(default)]
     roles: Vec<Spanned<String>>,
+    /// Checked by [`is_uri`] and for duplicates across the file.
     #[serde(default)]
     uri_sans: Vec<Spanned<String>>,
+    /// Checked by [`is_dns_name`], then lowercased.
     #[serde(default)]
     dns_sans: Vec<Spanned<String>>,
+    /// `[[caller.key]]` tables or an inline array; optional, since a caller
+    /// may authenticate by certificate alone.
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
 }
 
+/// One `[[caller.key]]` as written; both fields optional so a missing one
+/// is named with its caller.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKey {
+    /// The key id, checked by [`is_ident`] and for uniqueness.
     id: Option<Spanned<String>>,
+    /// The digest, parsed by [`KeyDigest::from_hex`].
     sha256: Option<Spanned<String>>,
 }
 
@@ -271,12 +290,16 @@ struct RawKey {
 /// error (an unknown field, a wrong type) is in.
 #[derive(serde::Deserialize)]
 struct Outline {
+    /// The callers' tables, spanned to find the one holding an error.
     #[serde(default)]
     caller: Vec<Spanned<OutlineCaller>>,
 }
 
+/// A caller reduced to its name; every other field is ignored, which is
+/// what lets this reading succeed where the strict one failed.
 #[derive(serde::Deserialize)]
 struct OutlineCaller {
+    /// Any type, so a name that is itself the schema error still parses.
     name: Option<toml::Value>,
 }
 
@@ -343,6 +366,8 @@ fn is_uri(text: &str) -> bool {
         && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// [`is_ident`]'s rule in words, one text for every message that states it,
+/// so the messages cannot drift from the check.
 const IDENT_RULE: &str = "1-64 characters of A-Z a-z 0-9 _ . -";
 
 /// Parses and checks a callers file. Pure: no I/O, any input is safe.
@@ -514,8 +539,15 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
     Ok(CallersFile { callers })
 }
 
-/// Reads and parses the file at `path`, after [`read_trusted`]'s checks of
-/// who could have written it; errors name the path.
+/// Reads and parses the file at `path`; errors name the path.
+///
+/// Refuses, as [`CallersFileError::Insecure`], a file that anyone but this
+/// user or root could have written: one that is not a regular file, is
+/// owned by another uid, or is writable by group or others; or one whose
+/// real directory is owned by another uid, or writable by group or others
+/// without the sticky bit. Readable by others is fine (digests only).
+/// Symlinks are followed, and the final file and its real directory are
+/// what is checked.
 pub fn load(path: &Path) -> Result<CallersFile, CallersFileError> {
     let real = fs::canonicalize(path).map_err(|source| CallersFileError::Io {
         action: "read callers file",
@@ -546,6 +578,8 @@ pub(crate) struct Exposure {
     pub(crate) fix: String,
 }
 
+/// The same exposure is a refusal from [`load`] and a warning from
+/// `callers`; only the former becomes an error.
 impl Exposure {
     /// The refusal of the callers file `path` (as the operator named it).
     fn refuse(self, path: &Path) -> CallersFileError {
@@ -639,7 +673,8 @@ pub(crate) fn dir_exposure(dir: &Path, uid: u32, mode: u32, euid: u32) -> Option
 /// checked: they are often the deployment tool's (a mount point, a
 /// profile), and a link repointed by whoever controls one can only reach a
 /// file that passes the same checks, one that this user or root wrote and
-/// nobody else can change.
+/// nobody else can change: they could swap one such list for another, but
+/// never add a caller of their own.
 ///
 /// The checked file is the file read: `real` is opened without following a
 /// last link (it has none, unless it was swapped since) and without
@@ -666,7 +701,7 @@ fn read_trusted(path: &Path, real: &Path) -> Result<String, CallersFileError> {
     };
     // Checked before opening too: opening a device can have side effects.
     check(&fs::metadata(real).map_err(io("read callers file"))?)?;
-    let mut file: File = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(real)

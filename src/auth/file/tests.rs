@@ -6,6 +6,8 @@ use super::edit::HEADER;
 use super::*;
 use crate::auth::key::CallerKey;
 
+/// The digest of a fresh key: real digests, so no test passes on a
+/// hand-picked value that happens to look fine.
 fn digest() -> KeyDigest {
     CallerKey::generate().unwrap().digest()
 }
@@ -45,10 +47,13 @@ fn refused(text: &str, needles: &[&str]) -> String {
     message
 }
 
+/// The permission bits, to check what edits leave behind.
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// Catches: a field dropped or misread between the TOML and the structs
+/// the caller set is built from (DNS SANs must come out lowercased).
 #[test]
 fn a_valid_file_parses_into_the_structs() {
     let (a, b) = (digest(), digest());
@@ -95,6 +100,9 @@ fn a_valid_file_parses_into_the_structs() {
     assert_eq!(parse("# nobody yet\n").unwrap(), CallersFile::default());
 }
 
+/// Catches: a broken rule accepted (a duplicate that would make one key or
+/// certificate name two callers), a refusal that does not say which
+/// caller and line, or one that quotes a digest.
 #[test]
 fn every_rule_is_refused_naming_the_caller_and_never_a_digest() {
     let (a, b, c) = (digest(), digest(), digest());
@@ -229,6 +237,8 @@ fn every_rule_is_refused_naming_the_caller_and_never_a_digest() {
     refused(&wrong_type, &["caller `two`", "line 9"]);
 }
 
+/// Catches: a load error (a SIGHUP log line) that does not say which file
+/// or where in it.
 #[test]
 fn errors_from_load_name_the_path() {
     let temp = tempfile::tempdir().unwrap();
@@ -266,6 +276,9 @@ fn hand_written(a: &KeyDigest, b: &KeyDigest, c: &KeyDigest) -> (String, String)
     (text, other)
 }
 
+/// Catches: `callers` edits that reformat a hand-edited file, lose its
+/// comments, touch other callers, keep a removed digest, or leave the
+/// file readable by others or a temporary file behind.
 #[test]
 fn edits_keep_comments_and_unrelated_callers_exactly() {
     let temp = tempfile::tempdir().unwrap();
@@ -314,6 +327,8 @@ fn edits_keep_comments_and_unrelated_callers_exactly() {
     );
 }
 
+/// Catches: a refused edit that writes anything (a half-done change would
+/// be picked up by the next SIGHUP).
 #[test]
 fn refused_edits_leave_the_file_byte_identical() {
     let temp = tempfile::tempdir().unwrap();
@@ -395,6 +410,8 @@ fn refused_edits_leave_the_file_byte_identical() {
     assert_eq!(fs::read(&path).unwrap(), before);
 }
 
+/// Catches: a first `callers add` without the header that explains the
+/// format, or `add-key`/`remove-key` creating a file.
 #[test]
 fn add_caller_creates_a_missing_file_with_the_header() {
     let temp = tempfile::tempdir().unwrap();
@@ -426,6 +443,8 @@ fn add_caller_creates_a_missing_file_with_the_header() {
     assert!(!missing.exists());
 }
 
+/// Catches: edits that only handle the layout `callers add` writes, and
+/// fail on inline key arrays or callers that began with SANs only.
 #[test]
 fn keys_of_san_callers_and_inline_key_arrays_are_edited_too() {
     let temp = tempfile::tempdir().unwrap();
@@ -469,6 +488,7 @@ fn keys_of_san_callers_and_inline_key_arrays_are_edited_too() {
     assert!(!fs::read_to_string(&path).unwrap().contains("c-1"));
 }
 
+/// Catches: key ids that collide, or that the file's own rules refuse.
 #[test]
 fn key_ids_are_random_and_plain() {
     let id = new_key_id();
@@ -483,6 +503,8 @@ fn key_ids_are_random_and_plain() {
     assert_ne!(new_key_id(), new_key_id());
 }
 
+/// Catches: a role written in one spelling and read in another, which
+/// would make `callers add --roles` write what `parse` refuses.
 #[test]
 fn roles_spell_the_same_both_ways() {
     for role in Role::ALL {
