@@ -3,7 +3,9 @@
 //! It edits the file the server reads: `--callers`, or else `callers.toml`
 //! in the state directory, resolved exactly as the server resolves them. A
 //! new key is printed once and only its digest is written; a running server
-//! picks changes up on SIGHUP.
+//! picks changes up on SIGHUP. Only `add` and `add-key` create anything (the
+//! state directory with its admin key, as the first `serve` would, or an
+//! explicit file's directory); `list` and `remove-key` need a file to exist.
 
 use std::fs;
 use std::io::{self, Write};
