@@ -12,6 +12,8 @@ use http::{HeaderName, HeaderValue};
 use rand::RngCore as _;
 use tower::{Layer, Service};
 
+use crate::token::{CALLER_KEY_PREFIX, TOKEN_PREFIX};
+
 /// The metadata key of the request id, in both directions.
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -38,7 +40,11 @@ impl RequestId {
     }
 
     /// The caller's id when it is 1 to [`MAX_LEN`] characters of
-    /// `[A-Za-z0-9._:-]`.
+    /// `[A-Za-z0-9._:-]` and holds no token or caller-key prefix anywhere:
+    /// the id is echoed into log lines, audit records, response headers and
+    /// ErrorInfo, so a secret pasted into `x-request-id` (both alphabets fit
+    /// the one above) must be dropped, not repeated. Case-sensitive, as the
+    /// prefixes are; an id refused here is replaced like any other.
     fn from_caller(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
         let sane = !bytes.is_empty()
@@ -46,7 +52,13 @@ impl RequestId {
             && bytes
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        sane.then(|| RequestId(value.clone()))
+        // Checked on the bytes: only ASCII is left after the check above.
+        let secret = [TOKEN_PREFIX, CALLER_KEY_PREFIX].iter().any(|prefix| {
+            bytes
+                .windows(prefix.len())
+                .any(|window| window == prefix.as_bytes())
+        });
+        (sane && !secret).then(|| RequestId(value.clone()))
     }
 
     /// The id for an incoming request.
@@ -74,6 +86,8 @@ impl<S> Layer<S> for RequestIdLayer {
 /// The service made by [`RequestIdLayer`].
 #[derive(Debug, Clone)]
 pub struct RequestIdService<S> {
+    /// The wrapped service (the routes, or the next layer), called with the
+    /// id already in the request's extensions.
     inner: S,
 }
 
@@ -120,5 +134,34 @@ mod tests {
         let generated = RequestId::generate();
         assert_eq!(generated.as_str().len(), 32);
         assert_ne!(generated.as_str(), RequestId::generate().as_str());
+    }
+
+    #[test]
+    fn ids_holding_a_token_or_caller_key_prefix_are_replaced() {
+        let token = crate::token::Token::generate();
+        let key = crate::auth::key::CallerKey::generate().unwrap();
+        for secret in [
+            token.expose().to_owned(),
+            key.expose().to_owned(),
+            format!("req-1:{}", token.expose()),
+            format!("trace.{}.x", key.expose()),
+            "mcpca_".to_owned(),
+            "xmcpck_".to_owned(),
+        ] {
+            let value = HeaderValue::from_str(&secret).unwrap();
+            assert!(RequestId::from_caller(&value).is_none(), "kept {secret}");
+            let request = http::Request::builder()
+                .header(HEADER, value)
+                .body(())
+                .unwrap();
+            let id = RequestId::for_request(&request);
+            assert_eq!(id.as_str().len(), 32, "not a fresh id: {}", id.as_str());
+            assert!(!id.as_str().contains("mcpc"), "{}", id.as_str());
+        }
+        // Case-sensitive like the prefixes, and near misses are kept.
+        for kept in ["MCPCA_x", "Mcpck_x", "mcpca-x", "mcpck.x", "mcp_ca_x"] {
+            let value = HeaderValue::from_static(kept);
+            assert_eq!(RequestId::from_caller(&value).unwrap().as_str(), kept);
+        }
     }
 }

@@ -120,52 +120,127 @@ fn state_dir_from(
 /// Creates `path` if missing (parents as usual, the directory itself with
 /// mode 0700), then refuses it unless this process's effective user owns
 /// it and group and others have no access.
+///
+/// The parents are created here, not in the shared `private_dir`: the state
+/// directory's default lives under `~/.local/state`, which a fresh account
+/// may not have yet, while a socket directory must not grow a tree of
+/// directories from a typo.
 pub fn ensure_private_dir(path: &Path) -> Result<(), StateDirError> {
-    let io = |action| {
-        move |source| StateDirError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    match fs::metadata(path) {
-        Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+    if let Err(error) = fs::metadata(path) {
+        if error.kind() == io::ErrorKind::NotFound {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).map_err(io("create the parents of"))?;
+                fs::create_dir_all(parent).map_err(|source| StateDirError::Io {
+                    action: "create the parents of",
+                    path: path.to_owned(),
+                    source,
+                })?;
             }
+        }
+    }
+    private_dir(path)
+        .map(drop)
+        .map_err(|problem| StateDirError::from_dir(path, problem))
+}
+
+impl StateDirError {
+    /// The state directory's wording of a [`DirProblem`] at `path`.
+    fn from_dir(path: &Path, problem: DirProblem) -> StateDirError {
+        let path = path.to_owned();
+        match problem {
+            DirProblem::Io { action, source } => StateDirError::Io {
+                action,
+                path,
+                source,
+            },
+            DirProblem::NotADirectory => StateDirError::NotADirectory { path },
+            DirProblem::NotOwned { owner, euid } => StateDirError::NotOwned { path, owner, euid },
+            DirProblem::NotPrivate { mode } => StateDirError::NotPrivate { path, mode },
+        }
+    }
+}
+
+/// Why [`private_dir`] refused a directory; each user (the state directory,
+/// the socket directory) words it in its own error type, so the message
+/// says which directory it is and what it is for.
+#[derive(Debug)]
+pub(crate) enum DirProblem {
+    /// Inspecting or creating it failed.
+    Io {
+        /// What was being done, e.g. "create".
+        action: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The path exists and is not a directory.
+    NotADirectory,
+    /// Another uid owns it, so it could swap or read the entries.
+    NotOwned {
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// Group or others have some access to it.
+    NotPrivate {
+        /// Its permission bits (with setuid, setgid and sticky).
+        mode: u32,
+    },
+}
+
+/// Makes `path` a directory only this process's effective uid may use:
+/// creates its last component with mode 0700 if it is missing (never the
+/// parents, see [`ensure_private_dir`]), then refuses it unless it is a
+/// directory owned by the effective uid with `mode & 0o077 == 0`. Returns
+/// whether it created the directory, for callers that log it.
+///
+/// The rule is strict on purpose (no group access, not even a root-owned
+/// directory unless we are root): what these directories guard (the admin
+/// key, the socket) is reached by whoever can enter them, and binding or
+/// writing inside a directory that is already private leaves no window a
+/// chmod afterwards would. A directory someone else created first (the
+/// mkdir lost a race) is checked like any other.
+pub(crate) fn private_dir(path: &Path) -> Result<bool, DirProblem> {
+    let io = |action| move |source| DirProblem::Io { action, source };
+    let created = match fs::metadata(path) {
+        Ok(_) => false,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
             match DirBuilder::new().mode(0o700).create(path) {
                 // Explicitly, in case the umask took owner bits away.
-                Ok(()) => fs::set_permissions(path, Permissions::from_mode(0o700))
-                    .map_err(io("set the mode of"))?,
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Ok(()) => {
+                    fs::set_permissions(path, Permissions::from_mode(0o700))
+                        .map_err(io("set the mode of"))?;
+                    true
+                }
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => false,
                 Err(error) => return Err(io("create")(error)),
             }
         }
         Err(error) => return Err(io("inspect")(error)),
-    }
+    };
     let meta = fs::metadata(path).map_err(io("inspect"))?;
     if !meta.is_dir() {
-        return Err(StateDirError::NotADirectory {
-            path: path.to_owned(),
-        });
+        return Err(DirProblem::NotADirectory);
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = euid();
     if meta.uid() != euid {
-        return Err(StateDirError::NotOwned {
-            path: path.to_owned(),
+        return Err(DirProblem::NotOwned {
             owner: meta.uid(),
             euid,
         });
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(StateDirError::NotPrivate {
-            path: path.to_owned(),
+        return Err(DirProblem::NotPrivate {
             mode: meta.mode() & 0o7777,
         });
     }
-    Ok(())
+    Ok(created)
+}
+
+/// This process's effective uid: the one owner every private directory
+/// and callers file is compared with. The one `unsafe` block for it.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// What [`bootstrap`] found or made.
@@ -336,6 +411,43 @@ mod tests {
             ensure_private_dir(&file),
             Err(StateDirError::NotADirectory { .. })
         ));
+    }
+
+    #[test]
+    fn the_shared_check_creates_only_the_last_component_and_says_so() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("run");
+        assert!(private_dir(&dir).unwrap(), "created");
+        assert_eq!(mode(&dir), 0o700);
+        assert!(!private_dir(&dir).unwrap(), "already there");
+        let deep = temp.path().join("a/b");
+        assert!(matches!(
+            private_dir(&deep),
+            Err(DirProblem::Io {
+                action: "create",
+                ..
+            })
+        ));
+        assert!(!temp.path().join("a").exists());
+        fs::set_permissions(&dir, Permissions::from_mode(0o710)).unwrap();
+        assert!(matches!(
+            private_dir(&dir),
+            Err(DirProblem::NotPrivate { mode: 0o710 })
+        ));
+        fs::set_permissions(&dir, Permissions::from_mode(0o700)).unwrap();
+        // Only root can hand a directory to another uid.
+        if euid() == 0 {
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            assert!(matches!(
+                private_dir(&dir),
+                Err(DirProblem::NotOwned {
+                    owner: 65534,
+                    euid: 0
+                })
+            ));
+            let error = ensure_private_dir(&dir).unwrap_err().to_string();
+            assert!(error.contains("owned by uid 65534"), "{error}");
+        }
     }
 
     #[test]

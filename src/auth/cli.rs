@@ -3,7 +3,9 @@
 //! It edits the file the server reads: `--callers`, or else `callers.toml`
 //! in the state directory, resolved exactly as the server resolves them. A
 //! new key is printed once and only its digest is written; a running server
-//! picks changes up on SIGHUP.
+//! picks changes up on SIGHUP. Only `add` and `add-key` create anything (the
+//! state directory with its admin key, as the first `serve` would, or an
+//! explicit file's directory); `list` and `remove-key` need a file to exist.
 
 use std::fs;
 use std::io::{self, Write};
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 
 use super::file::{self, CallersFile, CallersFileError, Role};
 use super::key::CallerKey;
-use crate::state_dir::{self, parent_dir, StateDirError};
+use crate::state_dir::{self, euid, parent_dir, StateDirError, CALLERS_FILE};
 
 /// The `callers` subcommand: what to do, and which file to do it to.
 #[derive(Debug, clap::Args)]
@@ -80,6 +82,16 @@ pub enum CliError {
     /// The state directory could not be found or is not private.
     #[error(transparent)]
     StateDir(#[from] StateDirError),
+    /// `list` or `remove-key` found no callers file: those commands only
+    /// read or shrink one, so they never create it (nor a state directory
+    /// and an admin key) as a side effect.
+    #[error("there is no callers file at {} yet: {how}", .path.display())]
+    NoCallersFile {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to create one.
+        how: String,
+    },
     /// The operating system's random source failed.
     #[error("cannot generate a caller key: {0}")]
     KeyGeneration(rand::rand_core::OsError),
@@ -105,22 +117,23 @@ pub enum CliError {
 /// Runs a `callers` command, writing what it has to say (a new key, the
 /// list, warnings) to `out`.
 pub fn run(args: &CallersArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let path = callers_path(args, out)?;
     match &args.command {
         CallersCommand::Add { name, roles } => {
+            let path = callers_path(args, out)?;
             let key = CallerKey::generate().map_err(CliError::KeyGeneration)?;
             let key_id = file::new_key_id();
             file::add_caller(&path, name, roles, &key_id, &key.digest())?;
             show_key(out, name, &key_id, &key)
         }
         CallersCommand::AddKey { name } => {
+            let path = callers_path(args, out)?;
             let key = CallerKey::generate().map_err(CliError::KeyGeneration)?;
             let key_id = file::new_key_id();
             file::add_key(&path, name, &key_id, &key.digest())?;
             show_key(out, name, &key_id, &key)
         }
         CallersCommand::RemoveKey { name, key_id } => {
-            file::remove_key(&path, name, key_id)?;
+            file::remove_key(&existing_callers_path(args)?, name, key_id)?;
             writeln!(
                 out,
                 "Removed key {key_id} of caller {name}. A running server stops accepting it on \
@@ -128,20 +141,29 @@ pub fn run(args: &CallersArgs, out: &mut dyn Write) -> Result<(), CliError> {
             )
             .map_err(CliError::Output)
         }
-        CallersCommand::List => list(&file::load(&path)?, out).map_err(CliError::Output),
+        CallersCommand::List => {
+            let file = file::load(&existing_callers_path(args)?)?;
+            list(&file, out).map_err(CliError::Output)
+        }
     }
 }
 
-/// The callers file the server reads: `--callers`, else `callers.toml` in
-/// the state directory, which must be private (and is created so). An
-/// explicit file's directory is created private if missing; if it exists
-/// and group or others may write it, a warning goes to `out`.
+/// `--state-dir`, else the default the server uses too.
+fn state_dir_of(args: &CallersArgs) -> Result<PathBuf, CliError> {
+    match &args.state_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(state_dir::default_state_dir()?),
+    }
+}
+
+/// The callers file for `add` and `add-key`, which write it: `--callers`,
+/// else `callers.toml` in the state directory, which must be private (and
+/// is created so). An explicit file's directory is created private if
+/// missing; if it exists and is one [`load`](file::load) would refuse, a
+/// warning goes to `out`.
 fn callers_path(args: &CallersArgs, out: &mut dyn Write) -> Result<PathBuf, CliError> {
     let Some(path) = &args.callers else {
-        let dir = match &args.state_dir {
-            Some(dir) => dir.clone(),
-            None => state_dir::default_state_dir()?,
-        };
+        let dir = state_dir_of(args)?;
         // The same first start as the server's: a state directory's callers
         // file always begins with its admin key, so that adding a caller
         // before the first `serve` does not leave the server without one.
@@ -159,18 +181,22 @@ fn callers_path(args: &CallersArgs, out: &mut dyn Write) -> Result<PathBuf, CliE
         }
         return Ok(bootstrap.callers_path);
     };
-    let dir = parent_dir(path);
+    // Through a link, the file written is its target, in its directory.
+    let real = fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let dir = parent_dir(&real);
     match fs::metadata(dir) {
-        Ok(meta) if meta.mode() & 0o022 != 0 => writeln!(
-            out,
-            "warning: {} may be written by group or others (mode {:04o}), who could replace \
-             the callers file; run `chmod go-w {}`",
-            dir.display(),
-            meta.mode() & 0o7777,
-            dir.display()
-        )
-        .map_err(CliError::Output)?,
-        Ok(_) => {}
+        Ok(meta) => {
+            if let Some(exposure) = file::dir_exposure(dir, meta.uid(), meta.mode(), euid()) {
+                writeln!(
+                    out,
+                    "warning: callers file {}: {}; {}. Until then the server refuses to load it.",
+                    path.display(),
+                    exposure.problem,
+                    exposure.fix
+                )
+                .map_err(CliError::Output)?
+            }
+        }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             state_dir::ensure_private_dir(dir)?
         }
@@ -184,6 +210,52 @@ fn callers_path(args: &CallersArgs, out: &mut dyn Write) -> Result<PathBuf, CliE
         }
     }
     Ok(path.clone())
+}
+
+/// The callers file for `list` and `remove-key`, which must find one:
+/// resolved like [`callers_path`], but nothing is created. A missing file
+/// is [`CliError::NoCallersFile`], saying how to make one; the state
+/// directory of an existing one must still be private.
+fn existing_callers_path(args: &CallersArgs) -> Result<PathBuf, CliError> {
+    let (path, dir) = match &args.callers {
+        Some(path) => (path.clone(), None),
+        None => {
+            let dir = state_dir_of(args)?;
+            (dir.join(CALLERS_FILE), Some(dir))
+        }
+    };
+    // A dangling link is not "no file": `load` names it.
+    match fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let how = match &dir {
+                Some(dir) => format!(
+                    "add the first caller with `callers add NAME --roles ...`, which also \
+                     creates the state directory {} and its admin key, or start the server \
+                     once (`credential-authority serve`), which does the same",
+                    dir.display()
+                ),
+                None => format!(
+                    "create it with `callers add NAME --roles ... --callers {}`",
+                    path.display()
+                ),
+            };
+            return Err(CliError::NoCallersFile { path, how });
+        }
+        Err(source) => {
+            return Err(CallersFileError::Io {
+                action: "read callers file",
+                path,
+                source,
+            }
+            .into())
+        }
+    }
+    if let Some(dir) = &dir {
+        // It exists (it holds the file), so this creates nothing.
+        state_dir::ensure_private_dir(dir)?;
+    }
+    Ok(path)
 }
 
 /// Prints a new key, the only time it is ever shown.
@@ -263,8 +335,8 @@ fn list(file: &CallersFile, out: &mut dyn Write) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::auth::key;
-    use crate::state_dir::CALLERS_FILE;
     use clap::Parser as _;
+    use std::os::unix::fs::PermissionsExt as _;
 
     /// Only for parsing arguments in tests, as the binary will.
     #[derive(Debug, clap::Parser)]
@@ -463,9 +535,87 @@ mod tests {
         );
     }
 
+    /// Catches: `callers list` or `remove-key` creating a state directory
+    /// and an admin key (or an explicit file's directory) as a side effect
+    /// of a command that only reads or shrinks the file.
+    #[test]
+    fn list_and_remove_key_create_nothing_and_say_how_to_start() {
+        let temp = tempfile::tempdir().unwrap();
+        let state = temp.path().join("state");
+        let explicit = temp.path().join("etc/callers.toml");
+        let commands = || {
+            [
+                CallersCommand::List,
+                CallersCommand::RemoveKey {
+                    name: "admin".into(),
+                    key_id: "key-1".into(),
+                },
+            ]
+        };
+        for command in commands() {
+            let by_state_dir = CallersArgs {
+                command,
+                callers: None,
+                state_dir: Some(state.clone()),
+            };
+            let mut out = Vec::new();
+            let error = run(&by_state_dir, &mut out).unwrap_err();
+            assert!(matches!(error, CliError::NoCallersFile { .. }), "{error}");
+            let message = error.to_string();
+            for needle in [
+                "no callers file",
+                &state.join(CALLERS_FILE).display().to_string(),
+                "callers add",
+                "serve",
+            ] {
+                assert!(message.contains(needle), "`{needle}` missing: {message}");
+            }
+            assert!(out.is_empty());
+            assert!(!state.exists(), "{message}");
+        }
+        for command in commands() {
+            let error = run(&args(&explicit, command), &mut Vec::new()).unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(error, CliError::NoCallersFile { .. }), "{message}");
+            assert!(
+                message.contains(&format!("--callers {}", explicit.display())),
+                "{message}"
+            );
+            assert!(!temp.path().join("etc").exists(), "{message}");
+        }
+        // Once `add` made the state directory, both work on it.
+        run(
+            &CallersArgs {
+                command: CallersCommand::Add {
+                    name: "a".into(),
+                    roles: vec![Role::Mint],
+                },
+                callers: None,
+                state_dir: Some(state.clone()),
+            },
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let list = CallersArgs {
+            command: CallersCommand::List,
+            callers: None,
+            state_dir: Some(state.clone()),
+        };
+        run(&list, &mut out).unwrap();
+        let listed = String::from_utf8(out).unwrap();
+        assert!(
+            listed.contains("admin") && listed.contains("mint"),
+            "{listed}"
+        );
+        // ... and still refuse a state directory that is no longer private.
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o750)).unwrap();
+        let error = run(&list, &mut Vec::new()).unwrap_err().to_string();
+        assert!(error.contains("chmod 700"), "{error}");
+    }
+
     #[test]
     fn an_explicit_file_in_an_open_directory_is_written_with_a_warning() {
-        use std::os::unix::fs::PermissionsExt as _;
         let temp = tempfile::tempdir().unwrap();
         let open = temp.path().join("open");
         fs::create_dir(&open).unwrap();
@@ -483,6 +633,18 @@ mod tests {
             "{text}"
         );
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // The warning and the server apply one rule.
+        assert!(text.contains("refuses to load it"), "{text}");
+        let refused = file::load(&path).unwrap_err();
+        assert!(
+            matches!(refused, CallersFileError::Insecure { .. }),
+            "{refused}"
+        );
+        // A sticky directory (/tmp) is fine for both.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        file::load(&path).unwrap();
+        let sticky = output(&path, CallersCommand::AddKey { name: "a".into() });
+        assert!(!sticky.contains("warning"), "{sticky}");
         let quiet = output(
             &temp.path().join("callers.toml"),
             CallersCommand::Add {

@@ -19,18 +19,25 @@
 //! of 16 or more hex digits are redacted from every message), only key ids.
 //! Edits go through `toml_edit`, so comments and layout survive; the result
 //! is checked with [`parse`] and replaces the file atomically.
+//!
+//! Whoever can write the file, or replace it in its directory, decides who
+//! may call, so [`load`] (the server's start and every SIGHUP) refuses a
+//! file anyone but this user or root could have written (the rules are on
+//! [`load`]; why symlinks are followed is on the private `read_trusted`).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
-use std::io;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read as _};
 use std::ops::Range;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use toml::Spanned;
 
 use super::key::KeyDigest;
+use crate::state_dir::euid;
 use crate::token::{CALLER_KEY_PREFIX, TOKEN_PREFIX};
 
 /// What a caller may do; the server decides which calls each role allows.
@@ -45,6 +52,8 @@ pub enum Role {
     Admin,
 }
 
+/// The spellings are fixed here, in one place, for the file, the command
+/// line and the messages alike.
 impl Role {
     /// Every role, for help texts and exhaustive tests.
     pub const ALL: [Role; 3] = [Role::Mint, Role::Resolve, Role::Admin];
@@ -72,6 +81,7 @@ impl fmt::Display for Role {
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
+    /// Names the word and the roles that exist, for clap and the file.
     type Err = UnknownRole;
 
     /// The file's spelling exactly (lowercase), so `--roles` and the file
@@ -139,6 +149,17 @@ pub enum CallersFileError {
         path: PathBuf,
         /// Why, and what to do instead.
         message: String,
+    },
+    /// Someone other than this user or root could have written the file
+    /// (or replaced it in its directory), so it cannot say who may call.
+    #[error("refusing callers file {}: {problem}; {fix}", .path.display())]
+    Insecure {
+        /// The file, as it was named.
+        path: PathBuf,
+        /// Who could write what, naming the real file or directory.
+        problem: String,
+        /// The command that fixes it.
+        fix: String,
     },
     /// Reading or writing failed.
     #[error("cannot {action} {}: {source}", .path.display())]
@@ -224,28 +245,44 @@ fn looks_secret(text: &str) -> bool {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// `[[caller]]` tables, spanned so a refusal can give the line; none is
+    /// a valid (if useless) file, so a fresh one can start empty.
     #[serde(default)]
     caller: Vec<Spanned<RawCaller>>,
 }
 
+/// One `[[caller]]` as written. Unknown fields are refused, so a typo such
+/// as `role = ...` is an error instead of a caller with no roles. Values
+/// are strings here, checked by [`parse`], so a bad one is named with its
+/// caller rather than by serde's generic message.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCaller {
+    /// Optional here so its absence gets a message of its own.
     name: Option<Spanned<String>>,
+    /// Strings, parsed into [`Role`]s by [`parse`] to name the caller.
     #[serde(default)]
     roles: Vec<Spanned<String>>,
+    /// Checked by [`is_uri`] and for duplicates across the file.
     #[serde(default)]
     uri_sans: Vec<Spanned<String>>,
+    /// Checked by [`is_dns_name`], then lowercased.
     #[serde(default)]
     dns_sans: Vec<Spanned<String>>,
+    /// `[[caller.key]]` tables or an inline array; optional, since a caller
+    /// may authenticate by certificate alone.
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
 }
 
+/// One `[[caller.key]]` as written; both fields optional so a missing one
+/// is named with its caller.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKey {
+    /// The key id, checked by [`is_ident`] and for uniqueness.
     id: Option<Spanned<String>>,
+    /// The digest, parsed by [`KeyDigest::from_hex`].
     sha256: Option<Spanned<String>>,
 }
 
@@ -253,12 +290,16 @@ struct RawKey {
 /// error (an unknown field, a wrong type) is in.
 #[derive(serde::Deserialize)]
 struct Outline {
+    /// The callers' tables, spanned to find the one holding an error.
     #[serde(default)]
     caller: Vec<Spanned<OutlineCaller>>,
 }
 
+/// A caller reduced to its name; every other field is ignored, which is
+/// what lets this reading succeed where the strict one failed.
 #[derive(serde::Deserialize)]
 struct OutlineCaller {
+    /// Any type, so a name that is itself the schema error still parses.
     name: Option<toml::Value>,
 }
 
@@ -325,6 +366,8 @@ fn is_uri(text: &str) -> bool {
         && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// [`is_ident`]'s rule in words, one text for every message that states it,
+/// so the messages cannot drift from the check.
 const IDENT_RULE: &str = "1-64 characters of A-Z a-z 0-9 _ . -";
 
 /// Parses and checks a callers file. Pure: no I/O, any input is safe.
@@ -497,13 +540,177 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
 }
 
 /// Reads and parses the file at `path`; errors name the path.
+///
+/// Refuses, as [`CallersFileError::Insecure`], a file that anyone but this
+/// user or root could have written: one that is not a regular file, is
+/// owned by another uid, or is writable by group or others; or one whose
+/// real directory is owned by another uid, or writable by group or others
+/// without the sticky bit. Readable by others is fine (digests only).
+/// Symlinks are followed, and the final file and its real directory are
+/// what is checked.
 pub fn load(path: &Path) -> Result<CallersFile, CallersFileError> {
-    let text = fs::read_to_string(path).map_err(|source| CallersFileError::Io {
+    let real = fs::canonicalize(path).map_err(|source| CallersFileError::Io {
         action: "read callers file",
         path: path.to_owned(),
         source,
     })?;
+    let dir = real.parent().unwrap_or(&real);
+    let meta = fs::metadata(dir).map_err(|source| CallersFileError::Io {
+        action: "inspect the directory of callers file",
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(exposure) = dir_exposure(dir, meta.uid(), meta.mode(), euid()) {
+        return Err(exposure.refuse(path));
+    }
+    let text = read_trusted(path, &real)?;
     parse(&text).map_err(|error| with_path(error, path))
+}
+
+/// Why a callers file, or the directory it is in, cannot be trusted, and
+/// the command that fixes it. Shared by [`load`], which refuses, and
+/// `callers`, which warns before writing into such a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Exposure {
+    /// Who could write what, naming the file or directory.
+    pub(crate) problem: String,
+    /// What to run.
+    pub(crate) fix: String,
+}
+
+/// The same exposure is a refusal from [`load`] and a warning from
+/// `callers`; only the former becomes an error.
+impl Exposure {
+    /// The refusal of the callers file `path` (as the operator named it).
+    fn refuse(self, path: &Path) -> CallersFileError {
+        CallersFileError::Insecure {
+            path: path.to_owned(),
+            problem: self.problem,
+            fix: self.fix,
+        }
+    }
+}
+
+/// Whether the callers file itself can be trusted, from its type, owner
+/// and mode (plain values, so tests can try any owner without root).
+///
+/// Refused: anything but a regular file (a FIFO or device is no
+/// configuration); an owner other than `euid` or root (that user could
+/// rewrite it at will; root-owned is the config-management case, and root
+/// can do anything anyway); group or other write permission (they could
+/// add a caller). Readable by others is fine: the file holds digests and
+/// key ids, not keys.
+fn file_exposure(real: &Path, regular: bool, uid: u32, mode: u32, euid: u32) -> Option<Exposure> {
+    let shown = real.display();
+    let (problem, fix) = if !regular {
+        (
+            format!("{shown} is not a regular file"),
+            "point --callers at a regular file (a symlink to one is fine)".to_owned(),
+        )
+    } else if uid != euid && uid != 0 {
+        (
+            format!(
+                "{shown} is owned by uid {uid}, neither this server's user (uid {euid}) nor \
+                 root, so that user could rewrite who may call"
+            ),
+            format!("run `chown {euid} {shown}`, or pick another file"),
+        )
+    } else if mode & 0o022 != 0 {
+        (
+            format!(
+                "{shown} has mode {:04o}, so group or others may write it and add a caller",
+                mode & 0o7777
+            ),
+            format!("run `chmod go-w {shown}`"),
+        )
+    } else {
+        return None;
+    };
+    Some(Exposure { problem, fix })
+}
+
+/// Whether the directory holding the callers file can be trusted: who may
+/// write a directory may rename the file away and put their own in its
+/// place, whatever the file's own mode.
+///
+/// Refused: an owner other than `euid` or root; group or other write
+/// permission without the sticky bit. With the sticky bit (`/tmp`), others
+/// may add entries but not rename or remove ours, and a file they plant is
+/// theirs, which [`file_exposure`] refuses.
+pub(crate) fn dir_exposure(dir: &Path, uid: u32, mode: u32, euid: u32) -> Option<Exposure> {
+    let shown = dir.display();
+    let (problem, fix) = if uid != euid && uid != 0 {
+        (
+            format!(
+                "its directory {shown} is owned by uid {uid}, neither this server's user \
+                 (uid {euid}) nor root, so that user could replace the file"
+            ),
+            format!("run `chown {euid} {shown}`, or move the file to a directory of this user"),
+        )
+    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        (
+            format!(
+                "its directory {shown} has mode {:04o}, so group or others may replace the file",
+                mode & 0o7777
+            ),
+            format!("run `chmod go-w {shown}`"),
+        )
+    } else {
+        return None;
+    };
+    Some(Exposure { problem, fix })
+}
+
+/// The text of `real` (the callers file `path`, its links resolved), once
+/// [`file_exposure`] finds nothing wrong with it; errors name `path`.
+///
+/// Symlinks are followed, deliberately: config management often installs
+/// the callers file as a link into a store or a versioned directory, and
+/// refusing links would push operators to copies that go stale. What is
+/// checked is what decides the contents: the final file and the directory
+/// it really sits in ([`load`] canonicalizes, then checks that directory
+/// with [`dir_exposure`]). The directories holding the links are not
+/// checked: they are often the deployment tool's (a mount point, a
+/// profile), and a link repointed by whoever controls one can only reach a
+/// file that passes the same checks, one that this user or root wrote and
+/// nobody else can change: they could swap one such list for another, but
+/// never add a caller of their own.
+///
+/// The checked file is the file read: `real` is opened without following a
+/// last link (it has none, unless it was swapped since) and without
+/// blocking (a FIFO would otherwise hang the reload), and the checks run
+/// on the open descriptor.
+fn read_trusted(path: &Path, real: &Path) -> Result<String, CallersFileError> {
+    let io = |action| {
+        move |source| CallersFileError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let euid = euid();
+    let check = |meta: &fs::Metadata| match file_exposure(
+        real,
+        meta.is_file(),
+        meta.uid(),
+        meta.mode(),
+        euid,
+    ) {
+        Some(exposure) => Err(exposure.refuse(path)),
+        None => Ok(()),
+    };
+    // Checked before opening too: opening a device can have side effects.
+    check(&fs::metadata(real).map_err(io("read callers file"))?)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(real)
+        .map_err(io("read callers file"))?;
+    check(&file.metadata().map_err(io("inspect callers file"))?)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(io("read callers file"))?;
+    Ok(text)
 }
 
 /// Names `path` in an error from [`parse`].

@@ -52,17 +52,26 @@ pub enum ClientSan {
     Dns(String),
 }
 
-/// Connections the transport turned away and accept failures, shared with
-/// the accept tasks so metrics can read them while tonic owns
-/// [`Incoming`](super::Incoming).
+/// Connections the transport turned away and accept failures: these never
+/// reach tonic, so no gRPC log line or metric sees them, and without a
+/// count a refused peer or a failing handshake would be invisible. Shared
+/// with the accept tasks, so a handle taken before
+/// [`Transport::into_incoming`](super::Transport::into_incoming) keeps
+/// reading them while tonic owns [`Incoming`](super::Incoming).
 #[derive(Clone, Debug, Default)]
 pub struct Counters(Arc<CounterCells>);
 
+/// The cells behind [`Counters`]: atomics, so the accept tasks bump them
+/// without a lock on the accept path.
 #[derive(Debug, Default)]
 pub(crate) struct CounterCells {
+    /// See [`CounterSnapshot::accept_errors`].
     pub(crate) accept_errors: AtomicU64,
+    /// See [`CounterSnapshot::handshakes_failed`].
     pub(crate) handshakes_failed: AtomicU64,
+    /// See [`CounterSnapshot::handshakes_timed_out`].
     pub(crate) handshakes_timed_out: AtomicU64,
+    /// See [`CounterSnapshot::unix_peers_refused`].
     pub(crate) unix_peers_refused: AtomicU64,
 }
 
@@ -80,6 +89,7 @@ pub struct CounterSnapshot {
     pub unix_peers_refused: u64,
 }
 
+/// Reading is for observers; bumping only for the accept loops.
 impl Counters {
     /// Reads every counter (each exact, not all at one instant).
     pub fn snapshot(&self) -> CounterSnapshot {
@@ -92,24 +102,40 @@ impl Counters {
         }
     }
 
+    /// Adds one to the cell `cell` picks: a closure rather than one method
+    /// per counter, so a new counter is one field, not one more method.
+    /// Relaxed, because each count stands alone and orders nothing.
     pub(crate) fn bump(&self, cell: impl Fn(&CounterCells) -> &AtomicU64) {
         cell(&self.0).fetch_add(1, Ordering::Relaxed);
     }
 }
 
+/// The stream under a [`Connection`]: an enum rather than a boxed trait
+/// object, so every read and write is a direct call and tests can look at
+/// the concrete stream (TCP_NODELAY, say).
 pub(crate) enum Io {
+    /// Plain TCP: loopback, or behind a mesh sidecar that terminates TLS.
     Tcp(TcpStream),
+    /// TLS over TCP; boxed because the TLS state is far larger than the
+    /// other variants.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A Unix socket, whose peer the kernel names.
     Unix(UnixStream),
 }
 
-/// One accepted connection (plain TCP, TLS or Unix) with its [`PeerInfo`].
+/// One accepted connection (plain TCP, TLS or Unix) with its [`PeerInfo`]:
+/// one type for every listener, so tonic serves them all from one
+/// [`Incoming`](super::Incoming).
 pub struct Connection {
+    /// The stream, read and written through [`AsyncRead`]/[`AsyncWrite`].
     pub(crate) io: Io,
+    /// Who is on the other end, fixed at accept time.
     info: PeerInfo,
 }
 
 impl fmt::Debug for Connection {
+    /// The kind and the peer only: the streams' own `Debug` says little and
+    /// the TLS one would dump session state.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.io {
             Io::Tcp(_) => "tcp",
@@ -124,6 +150,8 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// Takes the SANs as a `Vec` and stores them shared, since every request
+    /// on the connection gets a clone of its [`PeerInfo`].
     pub(crate) fn new(io: Io, peer: Peer, client_sans: Vec<ClientSan>) -> Connection {
         let client_sans = client_sans.into();
         Connection {
@@ -133,9 +161,13 @@ impl Connection {
     }
 }
 
+/// How tonic learns the peer: it puts `connect_info()` into every request's
+/// extensions, where the authenticator and the audit trail read it.
 impl tonic::transport::server::Connected for Connection {
+    /// What every request on the connection carries.
     type ConnectInfo = PeerInfo;
 
+    /// A clone per request; cheap, the SANs are shared.
     fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
@@ -161,7 +193,9 @@ macro_rules! on_io {
     };
 }
 
+/// Reads go straight to the stream inside; tonic never knows which kind.
 impl AsyncRead for Connection {
+    /// Forwarded as is: no buffer of ours between tonic and the stream.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -171,7 +205,10 @@ impl AsyncRead for Connection {
     }
 }
 
+/// Writes go straight to the stream inside, vectored writes included, so
+/// HTTP/2 frames are not copied into one buffer first.
 impl AsyncWrite for Connection {
+    /// Forwarded as is, for the same reason as reads.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -180,6 +217,7 @@ impl AsyncWrite for Connection {
         on_io!(self, s => s.poll_write(cx, buf))
     }
 
+    /// Forwarded, so a TLS or socket stream gets the slices in one call.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -188,6 +226,8 @@ impl AsyncWrite for Connection {
         on_io!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
+    /// What the stream inside says: hyper flattens its buffers only for a
+    /// stream that cannot write vectored, and the answer differs by kind.
     fn is_write_vectored(&self) -> bool {
         match &self.io {
             Io::Tcp(s) => s.is_write_vectored(),
@@ -196,10 +236,13 @@ impl AsyncWrite for Connection {
         }
     }
 
+    /// Forwarded: TLS holds written data in records until flushed.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         on_io!(self, s => s.poll_flush(cx))
     }
 
+    /// Forwarded: TLS sends its close_notify first, so a client can tell a
+    /// clean end from a cut connection.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         on_io!(self, s => s.poll_shutdown(cx))
     }
@@ -209,12 +252,18 @@ impl AsyncWrite for Connection {
 /// failing, so running out of descriptors never spins a core.
 #[derive(Debug, Default)]
 pub(crate) struct Backoff {
+    /// Failures since the last success: zero means no episode is open, and
+    /// the count goes in the "accepting again" log line.
     failures: u64,
+    /// The last delay waited, doubled by the next failure.
     delay: Duration,
 }
 
 impl Backoff {
+    /// Short enough that a brief descriptor shortage costs next to nothing.
     const FIRST: Duration = Duration::from_millis(10);
+    /// Long enough not to spin, short enough that accepting resumes about
+    /// as soon as descriptors free up.
     const MAX: Duration = Duration::from_secs(1);
 
     /// Records a failure: the delay to wait, and whether it opened an
@@ -280,6 +329,8 @@ pub(crate) fn accept_succeeded(listener: &ListenAddr, backoff: &mut Backoff) {
 mod tests {
     use super::*;
 
+    /// Catches: a back-off that spins (no delay), grows without bound, or
+    /// keeps growing after accepting recovered.
     #[test]
     fn backoff_doubles_to_one_second_and_resets_after_success() {
         let mut b = Backoff::default();

@@ -45,6 +45,7 @@ pub enum ListenAddr {
 }
 
 impl FromStr for ListenAddr {
+    /// [`TransportError::ListenAddr`], whose message shows both forms.
     type Err = TransportError;
 
     /// Parses `unix:/absolute/path` or an `IP:PORT` socket address, so one
@@ -77,6 +78,7 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// What the exposure rules ask of an address.
 impl ListenAddr {
     /// Whether only this machine can reach the address (loopback TCP or a
     /// Unix socket), so the caller can refuse plaintext anywhere else.
@@ -237,13 +239,22 @@ pub enum TransportError {
     },
 }
 
+/// A bound listener waiting for [`Transport::into_incoming`], with the
+/// address it reports: kept apart from the listener so [`Transport::bound`]
+/// needs no system call and cannot fail.
 enum Listener {
+    /// A TCP listener; TLS, if any, is added per connection at accept time.
     Tcp {
+        /// The socket.
         listener: TcpListener,
+        /// Where it is bound, with the kernel's port when 0 was asked.
         addr: SocketAddr,
     },
+    /// A Unix socket listener.
     Unix {
+        /// The socket.
         listener: UnixListener,
+        /// The socket file's path, as configured.
         path: PathBuf,
     },
 }
@@ -252,15 +263,24 @@ enum Listener {
 /// them. Dropping it closes them and removes the Unix socket files.
 #[derive(Debug)]
 pub struct Transport {
+    /// In the configured order, so [`Transport::bound`] reports them so.
     listeners: Vec<Listener>,
+    /// Loaded at bind, so a bad certificate fails the start, not the first
+    /// handshake.
     tls: Option<TlsReloader>,
+    /// Handed to every TCP accept task.
     handshake_timeout: Duration,
+    /// Shared by every Unix accept task; `None` lets any uid in.
     allowed_uids: Option<Arc<[u32]>>,
+    /// Held from bind on, so a failed start removes the sockets it made.
     cleanup: SocketCleanup,
+    /// Created here, so a handle taken before
+    /// [`Transport::into_incoming`] sees every accept task's counts.
     counters: Counters,
 }
 
 impl fmt::Debug for Listener {
+    /// The address only: the sockets' own `Debug` shows descriptors.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Listener::Tcp { addr, .. } => write!(f, "Tcp({addr})"),
@@ -269,6 +289,8 @@ impl fmt::Debug for Listener {
     }
 }
 
+/// Binding is separate from accepting, so every bind and file error shows
+/// before the server reports itself started.
 impl Transport {
     /// Loads the TLS files and binds every address, so that every problem
     /// shows at startup. On error nothing stays bound.
@@ -377,14 +399,17 @@ impl Transport {
             rx,
             _tasks: AbortOnDrop(tasks),
             cleanup: self.cleanup,
-            counters: self.counters,
         }
     }
 }
 
+/// The accept tasks of an [`Incoming`]: tokio tasks outlive their handles,
+/// so without this dropping the stream would leave them accepting into a
+/// closed channel, holding the listeners open.
 struct AbortOnDrop(Vec<AbortHandle>);
 
 impl Drop for AbortOnDrop {
+    /// Aborts every task; each drops its listener, which closes it.
     fn drop(&mut self) {
         self.0.iter().for_each(AbortHandle::abort);
     }
@@ -397,13 +422,17 @@ impl Drop for AbortOnDrop {
 pub struct Incoming {
     // Field order is drop order: close the channel, stop the tasks, then
     // (if no clone remains) remove the socket files.
+    /// What every accept task sends to; bounded ([`QUEUE`]), so accepting
+    /// pauses while tonic is behind instead of piling up connections.
     rx: mpsc::Receiver<Connection>,
+    /// Held only to be dropped with the stream.
     _tasks: AbortOnDrop,
+    /// The socket files, removed once this and every clone are gone.
     cleanup: SocketCleanup,
-    counters: Counters,
 }
 
 impl fmt::Debug for Incoming {
+    /// The socket files only: the channel and tasks have nothing to show.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
             .field("cleanup", &self.cleanup)
@@ -411,28 +440,31 @@ impl fmt::Debug for Incoming {
     }
 }
 
+/// What the server holds on to after handing the stream to tonic.
 impl Incoming {
     /// A guard that keeps the Unix socket files until it, its clones and
     /// this stream are all gone; hold one until tonic has drained.
     pub fn socket_cleanup(&self) -> SocketCleanup {
         self.cleanup.clone()
     }
-
-    /// The transport's counters.
-    pub fn counters(&self) -> Counters {
-        self.counters.clone()
-    }
 }
 
+/// What tonic's `serve_with_incoming_shutdown` consumes.
 impl tokio_stream::Stream for Incoming {
+    /// Never an error (accept failures are retried inside); the `Result` is
+    /// what tonic asks for.
     type Item = Result<Connection, io::Error>;
 
+    /// Ends only once every accept and handshake task has dropped its
+    /// sender; while this stream lives, none ends on its own.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx).map(|c| c.map(Ok))
     }
 }
 
 #[cfg(test)]
+/// Shared with the TLS and Unix tests (`next_conn`, `eventually`,
+/// `config`), so every listener kind is driven the same way.
 pub(crate) mod tests {
     use super::*;
     use tokio::net::TcpStream;
@@ -459,6 +491,8 @@ pub(crate) mod tests {
         panic!("not within 5 s: {what}");
     }
 
+    /// Defaults a test changes one field of: no TLS, no uid filter, and a
+    /// handshake timeout long enough never to fire by accident.
     pub(crate) fn config(listen: Vec<ListenAddr>) -> TransportConfig {
         TransportConfig {
             listen,
@@ -468,10 +502,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// Port 0: tests run in parallel and must never collide on a port.
     fn loopback() -> ListenAddr {
         "127.0.0.1:0".parse().unwrap()
     }
 
+    /// Catches: a logged address that cannot be pasted back into
+    /// `--listen`, or a refusal that does not show the accepted forms.
     #[test]
     fn listen_addr_parses_and_prints_both_forms() {
         for text in ["127.0.0.1:50051", "[::1]:0", "unix:/run/ca/sock"] {
@@ -496,6 +533,8 @@ pub(crate) mod tests {
         }
     }
 
+    /// Catches: a wildcard or public address counted as local, which would
+    /// let plaintext or no-auth mode onto the network.
     #[test]
     fn only_loopback_and_unix_are_local() {
         let local = |s: &str| s.parse::<ListenAddr>().unwrap().is_local();
@@ -505,6 +544,8 @@ pub(crate) mod tests {
         assert!(!local("0.0.0.0:1") && !local("[::]:1") && !local("192.0.2.1:1"));
     }
 
+    /// Catches: a configuration that would start serving nothing, fail on
+    /// the second bind, or fail every TLS handshake, accepted at start.
     #[tokio::test]
     async fn bind_refuses_empty_duplicate_and_zero_timeout() {
         let empty = Transport::bind(config(vec![])).await.unwrap_err();
@@ -520,6 +561,8 @@ pub(crate) mod tests {
         assert!(matches!(zero, Err(TransportError::ZeroHandshakeTimeout)));
     }
 
+    /// Catches: port 0 reported instead of the real port, a wrong peer
+    /// address in `PeerInfo`, or Nagle delaying small gRPC frames.
     #[tokio::test]
     async fn plain_tcp_reports_the_peer_address_and_sets_nodelay() {
         let transport = Transport::bind(config(vec![loopback()])).await.unwrap();
@@ -587,6 +630,8 @@ pub(crate) mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// Catches: accept tasks that outlive the stream and keep the port
+    /// open (and accepting) after the server stopped.
     #[tokio::test]
     async fn dropping_incoming_closes_the_listener() {
         let transport = Transport::bind(config(vec![loopback()])).await.unwrap();

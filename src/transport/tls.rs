@@ -28,7 +28,11 @@ use super::{
 /// cheap to clone, for a SIGHUP handler.
 #[derive(Clone)]
 pub struct TlsReloader {
+    /// The paths, re-read on each reload: rotation replaces the files, not
+    /// the flags.
     files: Arc<TlsFiles>,
+    /// The config new handshakes take; an [`ArcSwap`] so a reload never
+    /// blocks an accept and a handshake in flight keeps its own.
     current: Arc<ArcSwap<ServerConfig>>,
 }
 
@@ -41,7 +45,10 @@ impl std::fmt::Debug for TlsReloader {
     }
 }
 
+/// Loading at bind, reloading on SIGHUP, and what the accept loop reads.
 impl TlsReloader {
+    /// Loads the files once at bind, so a bad certificate or key fails the
+    /// start rather than every handshake.
     pub(crate) fn load(files: TlsFiles) -> Result<TlsReloader, TransportError> {
         let config = server_config(&files)?;
         Ok(TlsReloader {
@@ -60,10 +67,14 @@ impl TlsReloader {
         Ok(())
     }
 
+    /// Whether client certificates are asked for, for the startup log:
+    /// decided by the configured files, so it cannot change on a reload.
     pub(crate) fn asks_client_cert(&self) -> bool {
         self.files.client_ca.is_some()
     }
 
+    /// The config for one handshake, taken at accept time: a reload while
+    /// it runs does not change the rules it is held to.
     pub(crate) fn current(&self) -> Arc<ServerConfig> {
         self.current.load_full()
     }
@@ -113,6 +124,9 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TransportError> 
     Ok(Arc::new(config))
 }
 
+/// The certificates of a PEM file. A file with none is refused here, saying
+/// so, rather than later as rustls' vaguer complaint about an empty chain
+/// or root store.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let problem = |reason| TransportError::Certificates {
         path: path.to_owned(),
@@ -267,10 +281,14 @@ mod tests {
     use tokio_rustls::client::TlsStream;
     use tonic::transport::server::Connected;
 
+    /// A CA that can sign: each test makes its own, so no test trusts
+    /// another's certificates by accident.
     type Ca = CertifiedIssuer<'static, KeyPair>;
     /// A certificate and its key, both PEM.
     type Identity = (String, String);
 
+    /// A self-signed CA named `name`, generated per test run: no fixture
+    /// files to expire.
     fn ca(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -278,6 +296,8 @@ mod tests {
         CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
     }
 
+    /// A certificate signed by `ca` with `sans` and one extended key usage;
+    /// it gets a CN too, so tests can show a CN never counts as a name.
     fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Identity {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -288,23 +308,31 @@ mod tests {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// The server's certificate, for `localhost`, the name clients check.
     fn server_leaf(ca: &Ca) -> Identity {
         let sans = vec![SanType::DnsName("localhost".try_into().unwrap())];
         leaf(ca, "server", sans, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A client certificate with `sans` and a CN that must never count.
     fn client_leaf(ca: &Ca, sans: Vec<SanType>) -> Identity {
         leaf(ca, "client-cn", sans, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     /// A temp dir with the server's files, and the CAs that sign them.
     struct Setup {
+        /// Holds the PEM files the server reads, as in production.
         dir: tempfile::TempDir,
+        /// What clients trust the server by.
         server_ca: Ca,
+        /// What the server checks client certificates against; a separate
+        /// CA, so a server certificate is no client identity.
         client_ca: Ca,
     }
 
+    /// The server side of each test, on files like a deployment's.
     impl Setup {
+        /// The server's identity and the client CA, written to files.
         fn new() -> Setup {
             let setup = Setup {
                 dir: tempfile::tempdir().unwrap(),
@@ -316,15 +344,18 @@ mod tests {
             setup
         }
 
+        /// A file in the setup's directory.
         fn path(&self, name: &str) -> std::path::PathBuf {
             self.dir.path().join(name)
         }
 
+        /// Replaces the server's certificate and key, as a rotation does.
         fn write_identity(&self, (cert, key): &Identity) {
             std::fs::write(self.path("server.pem"), cert).unwrap();
             std::fs::write(self.path("server.key"), key).unwrap();
         }
 
+        /// The files as the command line would name them.
         fn files(&self, client_ca: bool) -> TlsFiles {
             TlsFiles {
                 cert_chain: self.path("server.pem"),
@@ -333,6 +364,8 @@ mod tests {
             }
         }
 
+        /// A TLS listener on a free loopback port, checked to report TLS
+        /// and client certificates as configured.
         async fn bind(&self, client_ca: bool, timeout: Duration) -> (Transport, SocketAddr) {
             let mut config = config(vec!["127.0.0.1:0".parse().unwrap()]);
             config.tls = Some(self.files(client_ca));
@@ -348,6 +381,8 @@ mod tests {
         }
     }
 
+    /// A client trusting only `trust`, presenting `identity` if given,
+    /// offering `h2` as gRPC clients do.
     fn client_config(trust: &Ca, identity: Option<&Identity>) -> ClientConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
@@ -368,6 +403,8 @@ mod tests {
         config
     }
 
+    /// Handshakes as `localhost` and checks ALPN picked `h2`: without it
+    /// tonic's HTTP/2 would fail after a handshake that looked fine.
     async fn connect(
         addr: SocketAddr,
         config: ClientConfig,
@@ -392,14 +429,19 @@ mod tests {
         info
     }
 
+    /// A URI SAN, such as a SPIFFE id.
     fn uri(s: &str) -> SanType {
         SanType::URI(s.try_into().unwrap())
     }
 
+    /// A DNS SAN.
     fn dns(s: &str) -> SanType {
         SanType::DnsName(s.try_into().unwrap())
     }
 
+    /// Catches: the CN, an IP or an email taken as an identity; names from
+    /// a certificate of another CA reaching a handler; a failed handshake
+    /// that stops the listener.
     #[tokio::test]
     async fn client_certificates_yield_only_verified_uri_and_dns_names() {
         let setup = Setup::new();
@@ -455,6 +497,8 @@ mod tests {
         assert!(after.client_sans.is_empty());
     }
 
+    /// Catches: names of an unverified certificate trusted when no client
+    /// CA is configured, or TLS 1.2 clients locked out.
     #[tokio::test]
     async fn without_client_ca_tls12_and_tls13_clients_connect() {
         let setup = Setup::new();
@@ -486,6 +530,8 @@ mod tests {
         next_conn(&mut incoming).await;
     }
 
+    /// Catches: a rotation that needs a restart, or a broken file on
+    /// SIGHUP that takes TLS down instead of keeping the old certificate.
     #[tokio::test]
     async fn reload_swaps_the_certificate_and_keeps_it_on_error() {
         let setup = Setup::new();
@@ -510,6 +556,8 @@ mod tests {
         peer_of(&mut incoming, addr, client_config(&new_ca, None)).await;
     }
 
+    /// Catches: an error that quotes key material from a malformed key
+    /// file, or that does not say which file is wrong.
     #[tokio::test]
     async fn bad_files_are_named_without_quoting_the_key() {
         let setup = Setup::new();
@@ -539,6 +587,8 @@ mod tests {
         assert!(error.contains("client-ca.pem"), "{error}");
     }
 
+    /// Catches: a client that never speaks holding up every handshake
+    /// behind it, or staying connected past the handshake timeout.
     #[tokio::test]
     async fn a_silent_client_is_closed_at_the_timeout_without_blocking_others() {
         let setup = Setup::new();

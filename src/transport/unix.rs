@@ -7,13 +7,15 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+
+use crate::state_dir::{euid, private_dir, DirProblem};
 
 use super::{
     accept_failed, accept_succeeded, Backoff, Connection, Counters, Io, ListenAddr, Peer,
@@ -22,11 +24,6 @@ use super::{
 
 /// How long probing an old socket may take before it counts as alive.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
 
 /// Binds a Unix socket at `path` inside a private directory, replacing a
 /// dead socket left by an earlier run, and records it in `files` so it is
@@ -60,44 +57,31 @@ pub(crate) async fn bind(
 }
 
 /// Makes sure `dir` is a directory owned by this uid that nobody else may
-/// enter, creating only its last component (mode 0700) if it is missing.
+/// enter, creating only its last component (mode 0700) if it is missing: a
+/// mistyped path fails instead of growing a tree of directories.
 fn prepare_dir(dir: &Path) -> Result<(), TransportError> {
-    let dir_error = |source| TransportError::UnixDir {
-        dir: dir.to_owned(),
-        source,
-    };
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "created the socket directory"),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(dir_error(e)),
-            }
-            // Checked again: someone may have created it first.
-            fs::metadata(dir).map_err(dir_error)?
+    let problem = match private_dir(dir) {
+        Ok(true) => {
+            tracing::info!(dir = %dir.display(), "created the socket directory");
+            return Ok(());
         }
-        Err(e) => return Err(dir_error(e)),
+        Ok(false) => return Ok(()),
+        Err(problem) => problem,
     };
-    if !meta.is_dir() {
-        return Err(dir_error(io::ErrorKind::NotADirectory.into()));
-    }
-    let euid = euid();
-    let problem = if meta.uid() != euid {
-        format!("it belongs to uid {}", meta.uid())
-    } else if meta.mode() & 0o077 != 0 {
-        format!(
-            "its mode {:04o} lets group or others in",
-            meta.mode() & 0o7777
-        )
-    } else {
-        return Ok(());
+    let dir = dir.to_owned();
+    let (problem, euid) = match problem {
+        DirProblem::Io { source, .. } => return Err(TransportError::UnixDir { dir, source }),
+        DirProblem::NotADirectory => {
+            let source = io::ErrorKind::NotADirectory.into();
+            return Err(TransportError::UnixDir { dir, source });
+        }
+        DirProblem::NotOwned { owner, euid } => (format!("it belongs to uid {owner}"), euid),
+        DirProblem::NotPrivate { mode } => (
+            format!("its mode {mode:04o} lets group or others in"),
+            euid(),
+        ),
     };
-    Err(TransportError::UnixDirInsecure {
-        dir: dir.to_owned(),
-        problem,
-        euid,
-    })
+    Err(TransportError::UnixDirInsecure { dir, problem, euid })
 }
 
 /// Clears the way for binding: nothing there is fine, a socket nobody
@@ -189,14 +173,21 @@ pub(crate) async fn accept(
 #[derive(Debug, Default)]
 pub(crate) struct SocketFiles(Vec<SocketFile>);
 
+/// One socket this process bound, and how to recognise it later: the path
+/// alone could by then name a successor's socket.
 #[derive(Debug)]
 struct SocketFile {
+    /// Where it was bound.
     path: PathBuf,
+    /// The device of the socket file right after bind.
     dev: u64,
+    /// The inode of the socket file right after bind.
     ino: u64,
 }
 
 impl Drop for SocketFiles {
+    /// On drop rather than in a shutdown step, so a failed start and a
+    /// panic clean up too.
     fn drop(&mut self) {
         for file in &self.0 {
             file.remove();
@@ -235,10 +226,13 @@ impl SocketFile {
 /// tonic has drained.
 #[derive(Clone, Debug)]
 pub struct SocketCleanup {
+    /// Held only to be dropped with the last clone.
     _files: Arc<SocketFiles>,
 }
 
 impl SocketCleanup {
+    /// Takes over the files [`bind`] recorded, right after binding, so
+    /// they are removed however the start ends.
     pub(crate) fn new(files: SocketFiles) -> SocketCleanup {
         SocketCleanup {
             _files: Arc::new(files),
@@ -255,6 +249,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tonic::transport::server::Connected;
 
+    /// Binds through [`Transport::bind`], as the server does, so the tests
+    /// cover the wiring as well as this module.
     async fn bind_at(path: &Path, allowed: Option<Vec<u32>>) -> Result<Transport, TransportError> {
         let mut config = config(vec![ListenAddr::Unix(path.to_owned())]);
         config.unix_allowed_uids = allowed;
@@ -268,10 +264,14 @@ mod tests {
         tmp
     }
 
+    /// The permission bits, with setuid, setgid and sticky, as the
+    /// refusals print them.
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().mode() & 0o7777
     }
 
+    /// Catches: a socket directory created open to others, or a Unix peer
+    /// reported without the uid and pid the kernel gave.
     #[tokio::test]
     async fn a_missing_dir_is_created_0700_and_peers_carry_uid_and_pid() {
         let tmp = private_tmp();
@@ -298,6 +298,8 @@ mod tests {
         assert!(info.client_sans.is_empty());
     }
 
+    /// Catches: a mistyped socket path growing a tree of directories, or a
+    /// relative path (which depends on the working directory) accepted.
     #[tokio::test]
     async fn only_the_last_component_is_created() {
         let tmp = private_tmp();
@@ -312,6 +314,8 @@ mod tests {
         );
     }
 
+    /// Catches: a socket bound where group members could connect, or the
+    /// server "fixing" a directory's mode that is not its to change.
     #[tokio::test]
     async fn a_group_readable_dir_is_refused() {
         let tmp = private_tmp();
@@ -337,6 +341,7 @@ mod tests {
         );
     }
 
+    /// Catches: a crashed server's socket file blocking every later start.
     #[tokio::test]
     async fn a_stale_socket_is_replaced() {
         let tmp = private_tmp();
@@ -348,6 +353,7 @@ mod tests {
         next_conn(&mut incoming).await;
     }
 
+    /// Catches: a second server stealing a live server's socket path.
     #[tokio::test]
     async fn a_live_socket_is_refused() {
         let tmp = private_tmp();
@@ -362,6 +368,7 @@ mod tests {
         drop(live);
     }
 
+    /// Catches: a mistyped path deleting someone's file.
     #[tokio::test]
     async fn a_regular_file_at_the_path_is_refused_and_kept() {
         let tmp = private_tmp();
@@ -375,6 +382,8 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
     }
 
+    /// Catches: the socket removed while tonic still drains its connections,
+    /// or left behind after a clean shutdown.
     #[tokio::test]
     async fn the_socket_goes_with_the_last_guard() {
         let tmp = private_tmp();
@@ -389,6 +398,7 @@ mod tests {
         assert!(!path.exists(), "left behind after the last guard");
     }
 
+    /// Catches: a stopping server deleting its successor's socket.
     #[tokio::test]
     async fn a_replaced_socket_is_left_alone() {
         let tmp = private_tmp();
@@ -402,6 +412,8 @@ mod tests {
         drop(successor);
     }
 
+    /// Catches: a start that fails on a later listener leaving a socket file
+    /// nobody serves.
     #[tokio::test]
     async fn a_failed_bind_removes_the_sockets_it_made() {
         let tmp = private_tmp();
@@ -415,6 +427,8 @@ mod tests {
         assert!(!path.exists());
     }
 
+    /// Catches: a uid outside `--unix-allowed-uids` reaching tonic, or being
+    /// refused silently (it must be counted).
     #[tokio::test]
     async fn allowed_uids_pass_and_others_are_closed_at_once() {
         let tmp = private_tmp();

@@ -9,7 +9,8 @@ use std::path::Path;
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
 use super::{
-    is_ident, parse, scrub, with_path, CallersFile, CallersFileError, KeyDigest, Role, IDENT_RULE,
+    is_ident, parse, read_trusted, scrub, with_path, CallersFile, CallersFileError, KeyDigest,
+    Role, IDENT_RULE,
 };
 use crate::state_dir::write_private_atomic;
 
@@ -241,16 +242,17 @@ fn edit(
         }
         _ => path.to_owned(),
     };
-    let text = match fs::read_to_string(&target) {
+    // The same checks of the file as the server's: rewriting a file that
+    // someone else could have written would make its callers ours (the
+    // new file is this user's, mode 0600), so such a file is refused too.
+    let text = match read_trusted(&target, &target) {
         Ok(text) => text,
-        Err(error) if create && error.kind() == io::ErrorKind::NotFound => HEADER.to_owned(),
-        Err(source) => {
-            return Err(CallersFileError::Io {
-                action: "read callers file",
-                path: target,
-                source,
-            })
+        Err(CallersFileError::Io { source, .. })
+            if create && source.kind() == io::ErrorKind::NotFound =>
+        {
+            HEADER.to_owned()
         }
+        Err(error) => return Err(error),
     };
     let file = parse(&text).map_err(|error| with_path(error, &target))?;
     let refused = |message: String| CallersFileError::Refused {

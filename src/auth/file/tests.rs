@@ -6,6 +6,8 @@ use super::edit::HEADER;
 use super::*;
 use crate::auth::key::CallerKey;
 
+/// The digest of a fresh key: real digests, so no test passes on a
+/// hand-picked value that happens to look fine.
 fn digest() -> KeyDigest {
     CallerKey::generate().unwrap().digest()
 }
@@ -45,10 +47,13 @@ fn refused(text: &str, needles: &[&str]) -> String {
     message
 }
 
+/// The permission bits, to check what edits leave behind.
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// Catches: a field dropped or misread between the TOML and the structs
+/// the caller set is built from (DNS SANs must come out lowercased).
 #[test]
 fn a_valid_file_parses_into_the_structs() {
     let (a, b) = (digest(), digest());
@@ -95,6 +100,9 @@ fn a_valid_file_parses_into_the_structs() {
     assert_eq!(parse("# nobody yet\n").unwrap(), CallersFile::default());
 }
 
+/// Catches: a broken rule accepted (a duplicate that would make one key or
+/// certificate name two callers), a refusal that does not say which
+/// caller and line, or one that quotes a digest.
 #[test]
 fn every_rule_is_refused_naming_the_caller_and_never_a_digest() {
     let (a, b, c) = (digest(), digest(), digest());
@@ -229,6 +237,8 @@ fn every_rule_is_refused_naming_the_caller_and_never_a_digest() {
     refused(&wrong_type, &["caller `two`", "line 9"]);
 }
 
+/// Catches: a load error (a SIGHUP log line) that does not say which file
+/// or where in it.
 #[test]
 fn errors_from_load_name_the_path() {
     let temp = tempfile::tempdir().unwrap();
@@ -266,6 +276,9 @@ fn hand_written(a: &KeyDigest, b: &KeyDigest, c: &KeyDigest) -> (String, String)
     (text, other)
 }
 
+/// Catches: `callers` edits that reformat a hand-edited file, lose its
+/// comments, touch other callers, keep a removed digest, or leave the
+/// file readable by others or a temporary file behind.
 #[test]
 fn edits_keep_comments_and_unrelated_callers_exactly() {
     let temp = tempfile::tempdir().unwrap();
@@ -314,6 +327,8 @@ fn edits_keep_comments_and_unrelated_callers_exactly() {
     );
 }
 
+/// Catches: a refused edit that writes anything (a half-done change would
+/// be picked up by the next SIGHUP).
 #[test]
 fn refused_edits_leave_the_file_byte_identical() {
     let temp = tempfile::tempdir().unwrap();
@@ -395,6 +410,8 @@ fn refused_edits_leave_the_file_byte_identical() {
     assert_eq!(fs::read(&path).unwrap(), before);
 }
 
+/// Catches: a first `callers add` without the header that explains the
+/// format, or `add-key`/`remove-key` creating a file.
 #[test]
 fn add_caller_creates_a_missing_file_with_the_header() {
     let temp = tempfile::tempdir().unwrap();
@@ -426,6 +443,8 @@ fn add_caller_creates_a_missing_file_with_the_header() {
     assert!(!missing.exists());
 }
 
+/// Catches: edits that only handle the layout `callers add` writes, and
+/// fail on inline key arrays or callers that began with SANs only.
 #[test]
 fn keys_of_san_callers_and_inline_key_arrays_are_edited_too() {
     let temp = tempfile::tempdir().unwrap();
@@ -469,6 +488,7 @@ fn keys_of_san_callers_and_inline_key_arrays_are_edited_too() {
     assert!(!fs::read_to_string(&path).unwrap().contains("c-1"));
 }
 
+/// Catches: key ids that collide, or that the file's own rules refuse.
 #[test]
 fn key_ids_are_random_and_plain() {
     let id = new_key_id();
@@ -483,6 +503,8 @@ fn key_ids_are_random_and_plain() {
     assert_ne!(new_key_id(), new_key_id());
 }
 
+/// Catches: a role written in one spelling and read in another, which
+/// would make `callers add --roles` write what `parse` refuses.
 #[test]
 fn roles_spell_the_same_both_ways() {
     for role in Role::ALL {
@@ -536,4 +558,205 @@ fn a_secret_pasted_as_a_name_or_key_id_is_refused_without_echoing_it() {
             &["caller `adapter`", "key id looks like a caller key"],
         );
     }
+}
+
+/// A directory in a fresh temp dir with `mode`, set explicitly (not left
+/// to the umask).
+fn dir_with_mode(temp: &tempfile::TempDir, name: &str, mode: u32) -> std::path::PathBuf {
+    let dir = temp.path().join(name);
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+/// A valid callers file at `path` with `mode`.
+fn callers_with_mode(path: &Path, mode: u32) {
+    fs::write(path, block("adapter", "key-1", &digest())).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `load`'s refusal of `path`, which must be `Insecure`, name `path` and
+/// hold every `needles`.
+fn insecure(path: &Path, needles: &[&str]) -> String {
+    let error = load(path).expect_err("loaded an exposed callers file");
+    assert!(
+        matches!(&error, CallersFileError::Insecure { path: p, .. } if p == path),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    for needle in needles {
+        assert!(message.contains(needle), "`{needle}` missing: {message}");
+    }
+    message
+}
+
+/// Catches: the server loading a callers file that group or others could
+/// have added a caller to; or refusing one that is merely readable (it
+/// holds digests only, and the integration tests write 0644 files).
+#[test]
+fn load_refuses_a_file_group_or_others_may_write() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = dir_with_mode(&temp, "etc", 0o755);
+    let path = dir.join("callers.toml");
+    for mode in [0o600, 0o640, 0o644, 0o444, 0o400] {
+        callers_with_mode(&path, mode);
+        assert_eq!(load(&path).unwrap().callers.len(), 1, "mode {mode:o}");
+    }
+    for mode in [0o620, 0o602, 0o664, 0o666, 0o777] {
+        callers_with_mode(&path, mode);
+        let fix = format!("chmod go-w {}", path.display());
+        insecure(&path, &[&format!("mode {mode:04o}"), "add a caller", &fix]);
+    }
+}
+
+/// Catches: a callers file trusted although whoever may write its
+/// directory could rename it away and put their own in its place.
+#[test]
+fn load_refuses_a_directory_others_may_write_unless_it_is_sticky() {
+    let temp = tempfile::tempdir().unwrap();
+    for (mode, refused) in [
+        (0o700, false),
+        (0o755, false),
+        (0o711, false),
+        (0o1777, false),
+        (0o1770, false),
+        (0o777, true),
+        (0o770, true),
+        (0o730, true),
+        (0o703, true),
+    ] {
+        let dir = dir_with_mode(&temp, &format!("d{mode:o}"), mode);
+        let path = dir.join("callers.toml");
+        callers_with_mode(&path, 0o600);
+        if refused {
+            let fix = format!("chmod go-w {}", dir.display());
+            let message = insecure(&path, &[&format!("mode {mode:04o}"), &fix]);
+            assert!(message.contains("its directory"), "{message}");
+        } else {
+            load(&path).unwrap_or_else(|e| panic!("mode {mode:o} refused: {e}"));
+        }
+    }
+}
+
+/// Catches: a FIFO hanging the reload, or a directory or device read as
+/// configuration.
+#[test]
+fn load_refuses_what_is_not_a_regular_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let fifo = temp.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other precondition.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    insecure(&fifo, &["not a regular file"]);
+    let dir = dir_with_mode(&temp, "callers.toml", 0o700);
+    insecure(&dir, &["not a regular file"]);
+    insecure(Path::new("/dev/null"), &["not a regular file"]);
+}
+
+/// Catches: a file or directory of another user trusted (that user could
+/// rewrite who may call), or a root-owned one refused (config management
+/// installs it so). Owners are plain values, so this runs without root.
+#[test]
+fn only_this_user_or_root_may_own_the_file_and_its_directory() {
+    let (file, dir) = (Path::new("/srv/callers.toml"), Path::new("/srv"));
+    for owner in [1000, 0] {
+        assert_eq!(file_exposure(file, true, owner, 0o100644, 1000), None);
+        assert_eq!(dir_exposure(dir, owner, 0o40755, 1000), None);
+    }
+    let other = file_exposure(file, true, 1001, 0o100600, 1000).unwrap();
+    assert!(
+        other.problem.contains("owned by uid 1001") && other.problem.contains("uid 1000"),
+        "{other:?}"
+    );
+    assert!(
+        other.fix.contains("chown 1000 /srv/callers.toml"),
+        "{other:?}"
+    );
+    let other = dir_exposure(dir, 1001, 0o40700, 1000).unwrap();
+    assert!(other
+        .problem
+        .contains("its directory /srv is owned by uid 1001"));
+    assert!(other.fix.contains("chown 1000 /srv"), "{other:?}");
+    // Another user's sticky directory is refused too: its owner may
+    // remove anything in it.
+    assert!(dir_exposure(dir, 1001, 0o41777, 1000).is_some());
+    // Root needs no exception: root is this user.
+    assert_eq!(file_exposure(file, true, 0, 0o100600, 0), None);
+    assert!(file_exposure(file, true, 1000, 0o100600, 0).is_some());
+
+    // For real, where the test may hand a file to someone else.
+    if crate::state_dir::euid() == 0 {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = dir_with_mode(&temp, "etc", 0o755);
+        let path = dir.join("callers.toml");
+        callers_with_mode(&path, 0o644);
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        insecure(&path, &["owned by uid 65534", "chown 0"]);
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        insecure(&path, &["its directory", "owned by uid 65534"]);
+    }
+}
+
+/// Catches: a symlinked callers file (config management) refused, or its
+/// target judged by the link's directory instead of its own.
+#[test]
+fn a_symlink_is_followed_and_its_target_and_real_directory_are_checked() {
+    let temp = tempfile::tempdir().unwrap();
+    let links = dir_with_mode(&temp, "links", 0o700);
+    let store = dir_with_mode(&temp, "store", 0o755);
+    let target = store.join("callers-v2.toml");
+    callers_with_mode(&target, 0o444);
+    let link = links.join("callers.toml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_eq!(load(&link).unwrap().callers.len(), 1);
+    // Chains of links end at the same file.
+    let second = links.join("again.toml");
+    std::os::unix::fs::symlink(&link, &second).unwrap();
+    assert_eq!(load(&second).unwrap().callers.len(), 1);
+
+    // The target's own mode and directory decide, and are named.
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
+    let real = fs::canonicalize(&target).unwrap();
+    insecure(&link, &[&format!("chmod go-w {}", real.display())]);
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o444)).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o777)).unwrap();
+    let real_dir = fs::canonicalize(&store).unwrap();
+    insecure(&link, &[&format!("chmod go-w {}", real_dir.display())]);
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The link's directory is the deployment tool's: not checked.
+    fs::set_permissions(&links, fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(load(&link).unwrap().callers.len(), 1);
+
+    let dangling = links.join("dangling.toml");
+    std::os::unix::fs::symlink(store.join("gone.toml"), &dangling).unwrap();
+    assert!(matches!(
+        load(&dangling),
+        Err(CallersFileError::Io { path, .. }) if path == dangling
+    ));
+}
+
+/// Catches: `callers add-key` rewriting a file others could write into a
+/// 0600 file of ours, which would make a planted caller trusted.
+#[test]
+fn edits_refuse_a_file_group_or_others_may_write() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("callers.toml");
+    callers_with_mode(&path, 0o666);
+    let before = fs::read(&path).unwrap();
+    for error in [
+        add_key(&path, "adapter", "key-2", &digest()).unwrap_err(),
+        add_caller(&path, "new", &[Role::Mint], "key-3", &digest()).unwrap_err(),
+        remove_key(&path, "adapter", "key-1").unwrap_err(),
+    ] {
+        assert!(
+            matches!(error, CallersFileError::Insecure { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("chmod go-w"), "{error}");
+    }
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert_eq!(mode(&path), 0o666, "not ours to change");
 }
