@@ -110,12 +110,18 @@ impl LiveCount {
         self.live = self.live.saturating_sub(n);
     }
 
-    /// Empties the count at revocation `epoch`.
-    fn reset(&mut self, epoch: u64) {
-        *self = LiveCount {
-            valid_since: epoch,
-            live: 0,
-        };
+    /// Empties the count for a revocation at `epoch` (when it holds
+    /// anything); returns what it held, given the enclosing revocation at
+    /// `enclosing`.
+    fn take(&mut self, enclosing: u64, epoch: u64) -> u64 {
+        let live = self.current(enclosing);
+        if live > 0 {
+            *self = LiveCount {
+                valid_since: epoch,
+                live: 0,
+            };
+        }
+        live
     }
 }
 
@@ -310,14 +316,7 @@ impl Revocations {
                 live
             }
             RevokeAllTarget::MintedBy(name) => self.owners.get(name).map_or(0, |owner| {
-                let live = {
-                    let mut count = owner.live.lock();
-                    let live = count.current(global);
-                    if live > 0 {
-                        count.reset(epoch);
-                    }
-                    live
-                };
+                let live = owner.live.lock().take(global, epoch);
                 if live > 0 {
                     owner.scope.stamp(epoch, now);
                     self.global_live.fetch_sub(live, Ordering::AcqRel);
@@ -363,14 +362,7 @@ impl Revocations {
     fn revoke_pair(&self, pair: &Pair, epoch: u64, global: u64, now: Millis) -> u64 {
         let owner = &pair.owner;
         let enclosing = owner.scope.revoked_at.load(Ordering::Acquire).max(global);
-        let live = {
-            let mut count = pair.live.lock();
-            let live = count.current(enclosing);
-            if live > 0 {
-                count.reset(epoch);
-            }
-            live
-        };
+        let live = pair.live.lock().take(enclosing, epoch);
         if live > 0 {
             pair.scope.stamp(epoch, now);
             owner.live.lock().remove(live);
