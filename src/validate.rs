@@ -25,6 +25,23 @@ pub const MAX_LABEL_KEY_CHARS: usize = 63;
 /// The longest label value, in bytes.
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 
+/// What [`is_hidden`] refuses, as a violation says it.
+const HIDDEN_RULE: &str = "must not contain control characters, or invisible or bidirectional \
+                           formatting characters (U+200B-U+200F, U+2028-U+202E, \
+                           U+2060-U+2069, U+FEFF)";
+
+/// Whether `c` may not appear in an id, scope or label: control characters,
+/// and the invisible and bidirectional formatting characters with which a
+/// stored or echoed value could be made to display as something else (a
+/// thread id that reads as another, a scope that hides a suffix).
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
 /// One bad field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -57,7 +74,7 @@ impl Violations {
         }
     }
 
-    /// Checks an id field: at most [`MAX_ID_BYTES`], no control characters,
+    /// Checks an id field: at most [`MAX_ID_BYTES`], nothing [`is_hidden`],
     /// and present when required. Returns `None` for an absent optional id.
     pub fn id<'a>(
         &mut self,
@@ -82,11 +99,8 @@ impl Violations {
             );
             ok = false;
         }
-        if value.chars().any(char::is_control) {
-            self.add(
-                field,
-                format!("{field} must not contain control characters"),
-            );
+        if value.chars().any(is_hidden) {
+            self.add(field, format!("{field} {HIDDEN_RULE}"));
             ok = false;
         }
         ok.then_some(value)
@@ -118,8 +132,8 @@ impl Violations {
                 "must be at most {MAX_SCOPE_BYTES} bytes, got {}",
                 value.len()
             ))
-        } else if value.chars().any(char::is_control) {
-            Some("must not contain control characters".to_owned())
+        } else if value.chars().any(is_hidden) {
+            Some(HIDDEN_RULE.to_owned())
         } else {
             None
         };
@@ -170,7 +184,7 @@ impl Violations {
 
     /// Checks a credential's labels: at most [`MAX_LABELS`]; keys 1 to
     /// [`MAX_LABEL_KEY_CHARS`] characters of `[a-z0-9_.-]`; values at most
-    /// [`MAX_LABEL_VALUE_BYTES`] bytes without control characters. Returns
+    /// [`MAX_LABEL_VALUE_BYTES`] bytes without anything [`is_hidden`]. Returns
     /// them sorted by key.
     pub fn labels(&mut self, values: &HashMap<String, String>) -> Labels {
         if values.len() > MAX_LABELS {
@@ -204,8 +218,8 @@ impl Violations {
                     "must be at most {MAX_LABEL_VALUE_BYTES} bytes, got {}",
                     value.len()
                 ))
-            } else if value.chars().any(char::is_control) {
-                Some("must not contain control characters".to_owned())
+            } else if value.chars().any(is_hidden) {
+                Some(HIDDEN_RULE.to_owned())
             } else {
                 None
             };
@@ -300,6 +314,39 @@ mod tests {
         assert_eq!(v.id("thread_id", "a\u{7f}b", true), None);
         assert_eq!(v.0.len(), 4);
         assert!(v.0.iter().all(|f| f.field == "thread_id"));
+    }
+
+    /// Catches: ids, scopes or labels that can display as something else
+    /// (bidi overrides, zero-width characters, a BOM) accepted, or plain
+    /// non-ASCII text refused along with them.
+    #[test]
+    fn hidden_characters_are_refused_everywhere() {
+        let hidden = [
+            '\u{200B}', '\u{200F}', '\u{2028}', '\u{202A}', '\u{202E}', '\u{2060}', '\u{2066}',
+            '\u{2069}', '\u{FEFF}', '\u{7}', '\u{85}',
+        ];
+        for c in hidden {
+            let text = format!("thread{c}1");
+            let mut v = Violations::default();
+            assert_eq!(v.id("thread_id", &text, true), None, "{c:?}");
+            assert_eq!(v.required_scope("required_scope", &text), None, "{c:?}");
+            let scopes = v.scopes(std::slice::from_ref(&text));
+            assert!(scopes.is_empty(), "{c:?}");
+            v.labels(&HashMap::from([("env".to_owned(), text.clone())]));
+            let fields: Vec<_> = v.0.iter().map(|f| f.field.to_string()).collect();
+            assert_eq!(
+                fields,
+                ["thread_id", "required_scope", "scopes[0]", "labels.env"],
+                "{c:?}"
+            );
+            assert!(v.0.iter().all(|f| f.description.contains("U+202E")));
+        }
+        // Ordinary text outside ASCII stays welcome.
+        let mut v = Violations::default();
+        for fine in ["thread-é", "会话-1", "a\u{200A}b", "x\u{2070}y", "מזהה"] {
+            assert_eq!(v.id("thread_id", fine, true), Some(fine));
+        }
+        assert!(v.0.is_empty(), "{:?}", v.0);
     }
 
     #[test]
