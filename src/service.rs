@@ -110,13 +110,13 @@ impl AuthorityService {
     /// the reply. With a fail-closed trail a failed write fails the call as
     /// retryable: the change (a revocation) stays in force.
     fn audit(&self, call: &Call, event: AuditEvent<'_>) -> Result<(), Failure> {
-        let caller = call.caller.as_ref().ok();
+        let (caller, key_id) = call.identity();
         let event = AuditEvent {
             request_id: call.request_id(),
             rpc: call.method,
             outcome: "ok",
-            caller: caller.map(|c| &*c.name),
-            key_id: caller.and_then(|c| c.key_id.as_deref()),
+            caller,
+            key_id,
             ..event
         };
         self.audit.record(&event).map_err(|_| Failure::Unavailable {
@@ -140,9 +140,8 @@ impl AuthorityService {
             Ok(_) => None,
         });
         let credential = tracing::field::display(LoggedId(credential_id));
-        let caller = call.caller.as_ref().ok();
-        let caller_name = caller.map_or("-", |c| &*c.name);
-        let key_id = caller.and_then(|c| c.key_id.as_deref()).unwrap_or("-");
+        let (caller, key_id) = call.identity();
+        let (caller_name, key_id) = (caller.unwrap_or("-"), key_id.unwrap_or("-"));
         match outcome {
             Ok(response) => {
                 tracing::info!(
@@ -181,7 +180,7 @@ impl AuthorityService {
     /// audit trail. A denial never waits on the trail: its write failing
     /// changes no answer.
     fn audit_denial(&self, call: &Call, failure: &Failure, credential_id: Option<CredentialId>) {
-        let caller = call.caller.as_ref().ok();
+        let (caller, key_id) = call.identity();
         let (peer_key, peer) = match &call.peer {
             Some(Peer::Tcp(addr)) => (limited_as(addr.ip()), addr.ip().to_string()),
             Some(Peer::Unix { uid, .. }) => (PeerKey::Uid(*uid), format!("uid:{uid}")),
@@ -195,8 +194,8 @@ impl AuthorityService {
                 request_id: call.request_id(),
                 rpc: call.method,
                 outcome: failure.reason(),
-                caller: caller.map(|c| &*c.name),
-                key_id: caller.and_then(|c| c.key_id.as_deref()),
+                caller,
+                key_id,
                 credential_id: credential_id.as_deref(),
                 peer: Some(&peer),
                 detail: detail.as_deref(),
@@ -224,6 +223,15 @@ struct Call {
 impl Call {
     fn request_id(&self) -> &str {
         self.request_id.as_ref().map_or("-", RequestId::as_str)
+    }
+
+    /// The caller's name and key id, when it is authenticated, for log and
+    /// audit lines.
+    fn identity(&self) -> (Option<&str>, Option<&str>) {
+        match &self.caller {
+            Ok(caller) => (Some(&*caller.name), caller.key_id.as_deref()),
+            Err(_) => (None, None),
+        }
     }
 }
 

@@ -241,18 +241,8 @@ impl TokenDigest {
 }
 
 impl PartialEq for TokenDigest {
-    /// Constant time: the four 64-bit words are XORed and ORed together
-    /// without a branch, and only the combined difference is compared.
     fn eq(&self, other: &Self) -> bool {
-        let difference =
-            self.0
-                .chunks_exact(8)
-                .zip(other.0.chunks_exact(8))
-                .fold(0u64, |acc, (a, b)| {
-                    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().expect("8 bytes"));
-                    acc | (word(a) ^ word(b))
-                });
-        difference.ct_eq(&0).into()
+        digests_equal(&self.0, &other.0)
     }
 }
 
@@ -260,10 +250,49 @@ impl Eq for TokenDigest {}
 
 impl Hash for TokenDigest {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+        state.write_u64(leading_word(&self.0));
     }
+}
+
+/// Whether two SHA-256 digests (of tokens or of caller keys) are equal, in
+/// constant time: the four 64-bit words are XORed and ORed together without
+/// a branch, and only the combined difference is compared, so a lookup
+/// leaks nothing about how much of a stored digest a guess matched.
+pub(crate) fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let difference = a
+        .chunks_exact(8)
+        .zip(b.chunks_exact(8))
+        .fold(0u64, |acc, (a, b)| {
+            let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            acc | (word(a) ^ word(b))
+        });
+    difference.ct_eq(&0).into()
+}
+
+/// The first 8 bytes of a digest or random id, as the hash its tables use:
+/// those bytes are uniform already, so no hash function is needed.
+pub(crate) fn leading_word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+/// `N` bytes from exactly `2N` lowercase hex digits (the one spelling that
+/// credential ids and digests in the callers file accept).
+pub(crate) fn decode_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(bytes)
 }
 
 impl fmt::Debug for TokenDigest {
@@ -310,20 +339,7 @@ impl CredentialId {
 
     /// Reads a handle in its display form (`cred_` + 32 lowercase hex).
     pub fn parse(text: &str) -> Option<Self> {
-        let hex = text.strip_prefix("cred_")?.as_bytes();
-        if hex.len() != 32 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        let mut bytes = [0u8; 16];
-        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
-            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
-        }
-        Some(CredentialId(bytes))
+        decode_hex(text.strip_prefix("cred_")?.as_bytes()).map(CredentialId)
     }
 }
 

@@ -4,15 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::grpcurl::{self, Run, SERVICE};
-use common::{Bearer, Client, Server, BINARY};
+use common::{collect_into, serve_command, Bearer, Client, Server};
 use credential_authority::pb;
 use credential_authority::pb::credential_authority_client::CredentialAuthorityClient;
 use hyper_util::rt::TokioIo;
@@ -57,31 +56,12 @@ struct Process {
 impl Process {
     fn spawn(listen: &str, flags: &[&str]) -> Process {
         let state = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", listen, "--state-dir"])
-            .arg(state.path().join("state"))
-            .args(flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let mut child = serve_command(&["--listen", listen], &state.path().join("state"), flags)
             .spawn()
             .expect("the server binary starts");
         let log = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
+        collect_into(child.stdout.take().unwrap(), log.clone());
+        collect_into(child.stderr.take().unwrap(), log.clone());
         Process { child, log, state }
     }
 

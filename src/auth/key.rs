@@ -13,10 +13,9 @@ use std::hash::{Hash, Hasher};
 
 use rand::TryRngCore as _;
 use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 
 pub use crate::token::CALLER_KEY_PREFIX;
-use crate::token::{SecretFormat, Shape, TOKEN_PREFIX};
+use crate::token::{decode_hex, digests_equal, leading_word, SecretFormat, Shape, TOKEN_PREFIX};
 
 /// The format of caller keys.
 const KEY_FORMAT: SecretFormat = SecretFormat {
@@ -98,20 +97,7 @@ impl KeyDigest {
 
     /// A digest as the callers file writes it (64 lowercase hex digits).
     pub fn from_hex(text: &str) -> Option<Self> {
-        let hex = text.as_bytes();
-        if hex.len() != 64 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
-            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
-        }
-        Some(KeyDigest(bytes))
+        decode_hex(text.as_bytes()).map(KeyDigest)
     }
 
     /// The digest as the callers file writes it.
@@ -128,7 +114,7 @@ impl KeyDigest {
 
 impl PartialEq for KeyDigest {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        digests_equal(&self.0, &other.0)
     }
 }
 
@@ -136,9 +122,7 @@ impl Eq for KeyDigest {}
 
 impl Hash for KeyDigest {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+        state.write_u64(leading_word(&self.0));
     }
 }
 

@@ -443,6 +443,29 @@ impl Shared {
         shard.at(key.slot()).map(read)
     }
 
+    /// Runs `read` on the record with credential id `id` (and its handle),
+    /// under its shard's read lock: an id names its shard in its last byte.
+    fn with_id<T>(&self, id: &CredentialId, read: impl FnOnce(Handle, &Record) -> T) -> Option<T> {
+        let shard_index = usize::from(id.route()) % SHARDS;
+        let shard = self.records[shard_index].read();
+        let slot = shard.credential_slot(id)?;
+        let record = shard.at(slot)?;
+        Some(read(shard.handle(shard_index, slot), record))
+    }
+
+    /// The tombstone of the credential `id` whose record is gone, refused
+    /// as [`Rejection::NotOwned`] when it is outside `reach`.
+    fn dead_by_id(
+        &self,
+        id: &CredentialId,
+        reach: Reach<'_>,
+    ) -> Result<Option<DeadCredential>, Rejection> {
+        match self.tombstones.get_by_id(id) {
+            Some(dead) if !reach.covers(&dead.minted_by) => Err(not_owned(id)),
+            dead => Ok(dead),
+        }
+    }
+
     /// Why an absent digest fails: its tombstone's reason, or unknown.
     fn rejection(&self, digest: &TokenDigest) -> Rejection {
         match self.tombstones.get(digest) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::types::{
     CredentialRevocation, Reach, Rejection, RevocationCause, ThreadRevocation, Touched,
 };
-use super::{not_owned, Retired, Store, SHARDS};
+use super::{not_owned, Retired, Store};
 use crate::clock::Millis;
 use crate::token::CredentialId;
 
@@ -22,25 +22,20 @@ impl Store {
     ) -> Result<Touched, Rejection> {
         let shared = &*self.shared;
         let now = shared.clock.now();
-        let shard_index = usize::from(credential_id.route()) % SHARDS;
-        let shard = shared.records[shard_index].read();
-        if let Some(record) = shard
-            .credential_slot(credential_id)
-            .and_then(|slot| shard.at(slot))
-        {
+        let live = shared.with_id(credential_id, |_, record| {
             if !reach.covers(record.minted_by()) {
                 return Err(not_owned(credential_id));
             }
-            return Ok(Touched {
+            Ok(Touched {
                 credential_id: record.credential_id,
                 deadlines: record.use_at(now, None, &shared.revocations)?,
-            });
-        }
-        drop(shard);
-        match shared.tombstones.get_by_id(credential_id) {
-            Some(dead) if !reach.covers(&dead.minted_by) => Err(not_owned(credential_id)),
-            Some(dead) => Err(Rejection::Dead(dead)),
-            None => Err(Rejection::Unknown),
+            })
+        });
+        match live {
+            Some(touched) => touched,
+            None => Err(shared
+                .dead_by_id(credential_id, reach)?
+                .map_or(Rejection::Unknown, Rejection::Dead)),
         }
     }
 
@@ -160,28 +155,21 @@ impl Store {
         reach: Reach<'_>,
     ) -> Result<CredentialRevocation, Rejection> {
         let shared = &*self.shared;
-        let shard_index = usize::from(credential_id.route()) % SHARDS;
-        let found = {
-            let shard = shared.records[shard_index].read();
-            shard.credential_slot(credential_id).and_then(|slot| {
-                let record = shard.at(slot)?;
-                Some((
-                    shard.handle(shard_index, slot),
-                    record.thread_id.clone(),
-                    record.class.pair.instance_id.clone(),
-                    reach.covers(record.minted_by()),
-                ))
-            })
-        };
+        let found = shared.with_id(credential_id, |handle, record| {
+            (
+                handle,
+                record.thread_id.clone(),
+                record.class.pair.instance_id.clone(),
+                reach.covers(record.minted_by()),
+            )
+        });
         let Some((handle, thread_id, provider_instance_id, within)) = found else {
-            return match shared.tombstones.get_by_id(credential_id) {
-                Some(dead) if !reach.covers(&dead.minted_by) => Err(not_owned(credential_id)),
-                dead => Ok(CredentialRevocation {
-                    revoked: 0,
-                    thread_id: dead.map(|dead| dead.thread_id),
-                    provider_instance_id: None,
-                }),
-            };
+            let dead = shared.dead_by_id(credential_id, reach)?;
+            return Ok(CredentialRevocation {
+                revoked: 0,
+                thread_id: dead.map(|dead| dead.thread_id),
+                provider_instance_id: None,
+            });
         };
         if !within {
             return Err(not_owned(credential_id));

@@ -8,7 +8,7 @@ use super::index::SlotIndex;
 use super::record::Record;
 use super::sweeper::Deadline;
 use super::SHARDS;
-use crate::token::{CredentialId, TokenDigest};
+use crate::token::{leading_word, CredentialId, TokenDigest};
 
 /// Where a record lives: its shard, its slot and the slot's version, packed
 /// in 64 bits. The version changes when the slot is freed, so a handle left
@@ -80,12 +80,6 @@ pub(super) fn digest_hash(digest: &TokenDigest) -> u64 {
 /// 8 bytes.
 pub(super) fn credential_hash(id: &CredentialId) -> u64 {
     leading_word(id.as_bytes())
-}
-
-pub(super) fn leading_word(bytes: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(word)
 }
 
 /// Records per slab chunk (104 KiB). A chunk's buffer is reserved whole and

@@ -3,10 +3,10 @@
 //! caller's key id, assert that no secret reached a text, and start a server
 //! whose stdout and stderr are kept apart (for the stdout sink).
 
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use credential_authority::pb::credential_authority_client::CredentialAuthorityCl
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use super::{Bearer, Client, Server, BINARY};
+use super::{collect_into, find_listen_addr, serve_command, Bearer, Client, Server, BINARY};
 
 /// How long a bounded wait lasts at most.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -254,21 +254,14 @@ impl SplitServer {
     pub fn start(flags: &[&str]) -> SplitServer {
         let state = tempfile::tempdir().expect("a state directory");
         let state_dir = state.path().join("state");
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(&state_dir)
-            .args(flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let mut child = serve_command(&["--listen", "127.0.0.1:0"], &state_dir, flags)
             .spawn()
             .expect("the server binary starts");
         let stdout = collect(child.stdout.take().unwrap());
         let stderr = collect(child.stderr.take().unwrap());
         let deadline = Instant::now() + PATIENCE;
         let addr = loop {
-            if let Some(addr) = listen_addr(&stdout.lock().unwrap()) {
+            if let Some(addr) = find_listen_addr(&stdout.lock().unwrap()) {
                 break addr;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -331,32 +324,9 @@ impl Drop for SplitServer {
     }
 }
 
-/// Reads `stream` line by line into a shared string, on its own thread.
+/// Reads `stream` line by line into a shared string of its own.
 fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    });
+    collect_into(stream, text.clone());
     text
-}
-
-/// The address of the `listening` log line, text or JSON.
-fn listen_addr(log: &str) -> Option<SocketAddr> {
-    log.lines()
-        .filter(|line| line.contains("listening"))
-        .find_map(|line| {
-            let start = line
-                .find("addr=")
-                .map(|i| i + 5)
-                .or_else(|| line.find("\"addr\":\"").map(|i| i + 8))?;
-            let rest = &line[start..];
-            let end = rest.find([' ', '"']).unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        })
 }

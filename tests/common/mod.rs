@@ -11,7 +11,7 @@ pub mod tls;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,34 +100,13 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Server {
         let state_dir = state.path().join("state");
-        let mut child = Command::new(BINARY)
-            .arg("serve")
-            .args(listen)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(flags)
-            .env("RUST_LOG", "info")
+        let mut child = serve_command(listen, &state_dir, flags)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("the server binary starts");
         let log = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
+        collect_into(child.stdout.take().unwrap(), log.clone());
+        collect_into(child.stderr.take().unwrap(), log.clone());
         let deadline = Instant::now() + PATIENCE;
         let addr = loop {
             if let Some(addr) = find_listen_addr(&log.lock().unwrap()) {
@@ -288,8 +267,38 @@ pub fn find_key(text: &str) -> Option<String> {
     (key.len() == 55).then_some(key)
 }
 
+/// `credential-authority serve` on `listen` with its state in `state_dir`,
+/// logging at info, its output piped for [`collect_into`].
+pub fn serve_command(listen: &[&str], state_dir: &Path, flags: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("serve")
+        .args(listen)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Appends the lines of `stream` to `sink` as they come, on a thread of its
+/// own, until the stream ends.
+pub fn collect_into(stream: impl std::io::Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+}
+
 /// The address from the `listening` line, in text or JSON format.
-fn find_listen_addr(log: &str) -> Option<SocketAddr> {
+pub fn find_listen_addr(log: &str) -> Option<SocketAddr> {
     log.lines()
         .filter(|line| line.contains("listening"))
         .find_map(|line| {
