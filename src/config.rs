@@ -193,6 +193,42 @@ pub struct ServeArgs {
     )]
     pub tombstone_capacity: usize,
 
+    /// How many live credentials one thread may hold; a Mint beyond it fails
+    /// THREAD_CREDENTIAL_LIMIT unless its `replace_previous` frees the room.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_MAX_CREDENTIALS_PER_THREAD",
+        default_value_t = 1_000
+    )]
+    pub max_credentials_per_thread: u64,
+
+    /// How many live credentials the authority holds at most; a Mint beyond
+    /// it fails CREDENTIAL_LIMIT.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_MAX_CREDENTIALS",
+        default_value_t = 10_000_000
+    )]
+    pub max_credentials: u64,
+
+    /// How many bytes the ids, scopes and labels of all live credentials may
+    /// take together; a Mint beyond it fails CREDENTIAL_LIMIT.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_MAX_CREDENTIAL_BYTES",
+        default_value_t = 4 << 30
+    )]
+    pub max_credential_bytes: u64,
+
+    /// How many renewed credentials Touch by thread lists at most (it renews
+    /// them all and reports how many in `total`).
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_TOUCH_REPLY_LIMIT",
+        default_value_t = 1_000
+    )]
+    pub touch_reply_limit: usize,
+
     /// How long in-flight calls may run after SIGTERM or SIGINT before the
     /// server exits anyway.
     #[arg(long, env = "CREDENTIAL_AUTHORITY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -233,6 +269,10 @@ impl ServeArgs {
             absolute_lifetime: self.absolute_lifetime,
             tombstone_retention: self.tombstone_retention,
             tombstone_capacity: self.tombstone_capacity,
+            max_credentials_per_thread: self.max_credentials_per_thread,
+            max_credentials: self.max_credentials,
+            max_credential_bytes: self.max_credential_bytes,
+            touch_reply_limit: self.touch_reply_limit,
         }
     }
 

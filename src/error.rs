@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::auth::{AuthFailure, Role};
-use crate::store::{DeadCredential, DeathReason, Rejection};
+use crate::store::{Budget, DeadCredential, DeathReason, Rejection};
 use crate::token::{CredentialId, MalformedToken};
 use crate::validate::FieldViolation;
 
@@ -59,6 +59,24 @@ pub enum Failure {
     /// The caller is authenticated but may not do this.
     #[error("caller forbidden")]
     CallerForbidden(Forbidden),
+    /// A limit is full: the thread's, the store's or the caller's. Not
+    /// transient: it says what frees room.
+    #[error("limit reached: {0:?}")]
+    Limit(Limit),
+    /// The request message or metadata is larger than the server accepts.
+    #[error("request {part} larger than {limit} bytes")]
+    TooLarge {
+        /// `message` or `metadata`.
+        part: &'static str,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The call ran past the per-request deadline.
+    #[error("deadline of {deadline:?} exceeded")]
+    DeadlineExceeded {
+        /// The deadline that applied: the server's or the client's.
+        deadline: Duration,
+    },
     /// A transient condition; the same call may succeed after `retry_after`.
     #[error("unavailable: {message}")]
     Unavailable {
@@ -88,6 +106,41 @@ pub enum Forbidden {
     },
 }
 
+/// Which limit refused a Mint.
+#[derive(Debug, Clone)]
+pub enum Limit {
+    /// The thread holds its limit of live credentials.
+    Thread {
+        /// The thread.
+        thread_id: Arc<str>,
+        /// The limit.
+        limit: u64,
+    },
+    /// The store holds its budget of live credentials or bytes.
+    Store {
+        /// Which budget.
+        budget: Budget,
+        /// Its size.
+        limit: u64,
+    },
+    /// The caller holds its quota of live credentials.
+    CallerLive {
+        /// The caller.
+        caller: Arc<str>,
+        /// Its quota.
+        limit: u64,
+    },
+    /// The caller mints faster than its quota allows.
+    CallerRate {
+        /// The caller.
+        caller: Arc<str>,
+        /// Mints per second.
+        per_second: u32,
+        /// Mints at once.
+        burst: u32,
+    },
+}
+
 /// The stable reason for a death.
 fn death_reason(reason: DeathReason) -> &'static str {
     match reason {
@@ -104,6 +157,22 @@ impl Failure {
         match rejection {
             Rejection::Unknown => Failure::TargetUnknown,
             Rejection::Dead(dead) => Failure::TargetDead(dead),
+            other => other.into(),
+        }
+    }
+
+    /// Turns a store rejection of a Mint into a failure that names the
+    /// thread and the caller whose limit was reached.
+    pub fn for_mint(rejection: Rejection, thread_id: &str, caller: &Arc<str>) -> Self {
+        match rejection {
+            Rejection::ThreadLimit { limit } => Failure::Limit(Limit::Thread {
+                thread_id: Arc::from(thread_id),
+                limit,
+            }),
+            Rejection::OwnerQuota { limit } => Failure::Limit(Limit::CallerLive {
+                caller: caller.clone(),
+                limit,
+            }),
             other => other.into(),
         }
     }
@@ -140,6 +209,12 @@ impl Failure {
             Failure::ScopeMissing { .. } => "TOKEN_SCOPE_MISSING",
             Failure::InvalidArgument(_) => "INVALID_REQUEST",
             Failure::Unavailable { .. } => "SERVICE_UNAVAILABLE",
+            Failure::Limit(Limit::Thread { .. }) => "THREAD_CREDENTIAL_LIMIT",
+            Failure::Limit(Limit::Store { .. }) => "CREDENTIAL_LIMIT",
+            Failure::Limit(Limit::CallerLive { .. }) => "CALLER_QUOTA_EXCEEDED",
+            Failure::Limit(Limit::CallerRate { .. }) => "CALLER_MINT_RATE_EXCEEDED",
+            Failure::TooLarge { .. } => "REQUEST_TOO_LARGE",
+            Failure::DeadlineExceeded { .. } => "REQUEST_DEADLINE_EXCEEDED",
             Failure::CallerUnauthenticated(_) => "CALLER_UNAUTHENTICATED",
             Failure::CallerForbidden(_) => "CALLER_FORBIDDEN",
         }
@@ -157,6 +232,8 @@ impl Failure {
             Failure::TargetDead(_) => Code::FailedPrecondition,
             Failure::InvalidArgument(_) => Code::InvalidArgument,
             Failure::Unavailable { .. } => Code::Unavailable,
+            Failure::Limit(_) | Failure::TooLarge { .. } => Code::ResourceExhausted,
+            Failure::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         }
     }
 
@@ -274,6 +351,21 @@ impl Failure {
                     "invalid request: {summary}; fix the request, retrying it unchanged cannot succeed"
                 )
             }
+            Failure::Limit(limit) => limit_message(limit, &mut metadata),
+            Failure::TooLarge { part, limit } => {
+                metadata.insert("part".to_owned(), part.to_owned());
+                metadata.insert("limit".to_owned(), limit.to_string());
+                format!(
+                    "the request {part} is larger than the {limit} bytes this server accepts;                      nothing was done: send a smaller request, retrying it unchanged cannot                      succeed"
+                )
+            }
+            Failure::DeadlineExceeded { deadline } => {
+                metadata.insert("deadline_ms".to_owned(), deadline.as_millis().to_string());
+                format!(
+                    "the call did not finish within its deadline of {}; this says nothing                      about any token. Resolve and the revocations are safe to repeat; a                      repeated Mint may leave an extra credential that dies by its idle timeout",
+                    humantime::format_duration(deadline)
+                )
+            }
             Failure::Unavailable {
                 message,
                 retry_after,
@@ -288,6 +380,50 @@ impl Failure {
         details.set_error_info(reason, DOMAIN, metadata);
         let message = format!("{message} [request_id {request_id}]");
         Status::with_error_details(code, message, details)
+    }
+}
+
+/// The message and metadata of a full limit: what it is and what frees room.
+fn limit_message(limit: Limit, metadata: &mut HashMap<String, String>) -> String {
+    const NOT_TRANSIENT: &str = "this is a limit, not a transient fault: retrying at once                                  cannot succeed; no credential was minted";
+    match limit {
+        Limit::Thread { thread_id, limit } => {
+            metadata.insert("thread_id".to_owned(), thread_id.to_string());
+            metadata.insert("limit".to_owned(), limit.to_string());
+            format!(
+                "thread {thread_id} already holds its limit of {limit} live credentials; room                  frees when one of them is revoked or dies, or mint with replace_previous;                  {NOT_TRANSIENT}"
+            )
+        }
+        Limit::Store { budget, limit } => {
+            metadata.insert("budget".to_owned(), budget.as_str().to_owned());
+            metadata.insert("limit".to_owned(), limit.to_string());
+            let what = match budget {
+                Budget::Credentials => format!("{limit} live credentials"),
+                Budget::Bytes => format!("{limit} bytes of credential ids, scopes and labels"),
+            };
+            format!(
+                "the authority holds its budget of {what}; room frees as credentials are                  revoked or die, and an operator can raise the budget; {NOT_TRANSIENT}"
+            )
+        }
+        Limit::CallerLive { caller, limit } => {
+            metadata.insert("caller".to_owned(), caller.to_string());
+            metadata.insert("limit".to_owned(), limit.to_string());
+            format!(
+                "caller {caller} already holds its quota of {limit} live credentials (the                  callers file's max_live_credentials); room frees as its credentials are                  revoked or die; {NOT_TRANSIENT}"
+            )
+        }
+        Limit::CallerRate {
+            caller,
+            per_second,
+            burst,
+        } => {
+            metadata.insert("caller".to_owned(), caller.to_string());
+            metadata.insert("per_second".to_owned(), per_second.to_string());
+            metadata.insert("burst".to_owned(), burst.to_string());
+            format!(
+                "caller {caller} mints faster than its quota of {per_second} per second                  (burst {burst}, the callers file's mint_rate); room frees at that rate, so                  a Mint sent later may succeed; no credential was minted"
+            )
+        }
     }
 }
 
@@ -314,6 +450,18 @@ impl From<Rejection> for Failure {
             Rejection::NotOwned { credential_id } => {
                 Failure::CallerForbidden(Forbidden::NotOwned { credential_id })
             }
+            // Mint's limits; [`Failure::for_mint`] adds the thread and caller.
+            Rejection::ThreadLimit { limit } => Failure::Limit(Limit::Thread {
+                thread_id: Arc::from(""),
+                limit,
+            }),
+            Rejection::StoreBudget { budget, limit } => {
+                Failure::Limit(Limit::Store { budget, limit })
+            }
+            Rejection::OwnerQuota { limit } => Failure::Limit(Limit::CallerLive {
+                caller: Arc::from(""),
+                limit,
+            }),
         }
     }
 }

@@ -324,9 +324,13 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 labels,
                 minted_by: &caller.name,
                 reach: reach(caller),
+                owner_quota: None,
             };
             let token = Token::generate();
-            let minted = self.store.mint(token.digest(), new.clone())?;
+            let minted = self
+                .store
+                .mint(token.digest(), new.clone())
+                .map_err(|rejection| Failure::for_mint(rejection, new.thread_id, &caller.name))?;
             minted_id = Some(minted.credential_id);
             let credential_id = minted.credential_id.to_string();
             let audited = self.audit(
@@ -540,6 +544,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 }
             };
             Ok(pb::TouchResponse {
+                total: touched.len() as u64,
                 credentials: touched
                     .into_iter()
                     .map(|t| pb::TouchedCredential {

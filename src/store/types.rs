@@ -23,6 +23,17 @@ pub struct StoreConfig {
     pub tombstone_retention: Duration,
     /// How many tombstones are kept at most; the oldest go first.
     pub tombstone_capacity: usize,
+    /// How many live credentials one thread may hold (all callers and
+    /// instances together); a Mint beyond it is refused unless its
+    /// `replace_previous` frees the room.
+    pub max_credentials_per_thread: u64,
+    /// How many live credentials the store holds at most.
+    pub max_credentials: u64,
+    /// How many bytes the strings of live credentials (thread, instance,
+    /// kind, scopes, labels) may take in all, counted as their lengths.
+    pub max_credential_bytes: u64,
+    /// How many entries Touch by thread returns at most; it renews them all.
+    pub touch_reply_limit: usize,
 }
 
 impl Default for StoreConfig {
@@ -35,6 +46,10 @@ impl Default for StoreConfig {
             absolute_lifetime: None,
             tombstone_retention: Duration::from_secs(24 * 60 * 60),
             tombstone_capacity: 1_000_000,
+            max_credentials_per_thread: 1_000,
+            max_credentials: 10_000_000,
+            max_credential_bytes: 4 << 30,
+            touch_reply_limit: 1_000,
         }
     }
 }
@@ -86,6 +101,9 @@ pub struct NewCredential<'a> {
     /// Which earlier credentials `replace_previous` may revoke: a Mint that
     /// would replace one outside it changes nothing and is refused.
     pub reach: Reach<'a>,
+    /// How many live credentials `minted_by` may hold after this Mint, from
+    /// its quota in the callers file; `None` is no quota.
+    pub owner_quota: Option<u64>,
 }
 
 /// A credential's scopes, shared between the record and every Resolve answer.
@@ -316,4 +334,43 @@ pub enum Rejection {
         /// The credential, when the call named one.
         credential_id: Option<CredentialId>,
     },
+    /// Mint only: the thread holds its limit of live credentials.
+    #[error("thread holds its limit of {limit} live credentials")]
+    ThreadLimit {
+        /// [`StoreConfig::max_credentials_per_thread`].
+        limit: u64,
+    },
+    /// Mint only: the store holds its budget of live credentials or bytes.
+    #[error("store holds its budget of {limit} {budget:?}")]
+    StoreBudget {
+        /// Which budget is full.
+        budget: Budget,
+        /// Its size.
+        limit: u64,
+    },
+    /// Mint only: the minting caller holds its quota of live credentials.
+    #[error("caller holds its quota of {limit} live credentials")]
+    OwnerQuota {
+        /// [`NewCredential::owner_quota`].
+        limit: u64,
+    },
+}
+
+/// Which of the store's budgets a Mint found full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// [`StoreConfig::max_credentials`].
+    Credentials,
+    /// [`StoreConfig::max_credential_bytes`].
+    Bytes,
+}
+
+impl Budget {
+    /// The name in ErrorInfo metadata `budget`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Budget::Credentials => "credentials",
+            Budget::Bytes => "bytes",
+        }
+    }
 }
