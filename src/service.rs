@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::{AuditEvent, AuditLog, PeerKey};
 use crate::auth::{AuthFailure, Authenticator, Principal, Role};
 use crate::clock::Millis;
-use crate::error::{Failure, Forbidden};
+use crate::error::{Failure, Forbidden, Limit};
 use crate::pb;
 use crate::request_id::RequestId;
 use crate::store::{NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig};
@@ -313,6 +313,16 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             let scopes = violations.scopes(&request.scopes);
             let labels = violations.labels(&request.labels);
             violations.into_result(())?;
+            // After validation, so a malformed request spends no allowance;
+            // before the store, so a refused Mint costs it nothing.
+            if !caller.quota.try_mint(self.store.now()) {
+                let rate = caller.quota.mint_rate;
+                return Err(Failure::Limit(Limit::CallerRate {
+                    caller: caller.name.clone(),
+                    per_second: rate.per_second,
+                    burst: rate.burst,
+                }));
+            }
             let new = NewCredential {
                 thread_id: thread_id.unwrap_or_default(),
                 provider_instance_id: provider_instance_id.unwrap_or_default(),
@@ -324,7 +334,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 labels,
                 minted_by: &caller.name,
                 reach: reach(caller),
-                owner_quota: None,
+                owner_quota: Some(caller.quota.max_live_credentials),
             };
             let token = Token::generate();
             let minted = self

@@ -348,6 +348,12 @@ impl Store {
         }
     }
 
+    /// The store's clock reading, so limits kept beside the store (a
+    /// caller's Mint rate) count time as its deadlines do.
+    pub fn now(&self) -> Millis {
+        self.shared.clock.now()
+    }
+
     /// How many credential records are held, live or dead but not yet swept.
     pub fn record_count(&self) -> usize {
         self.shared.records.iter().map(|s| s.read().len()).sum()
