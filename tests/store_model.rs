@@ -43,8 +43,8 @@ struct Modeled {
     /// `None` while live, else the revocation that ended it first.
     dead: Option<RevocationCause>,
     /// Whether its record is still held: RevokeThread, RevokeCredential and
-    /// a replacement remove it at once, RevokeAll leaves it to the sweeper
-    /// (which never reaches it here before the end).
+    /// a replacement remove it at once, RevokeAll leaves it to the sweep's
+    /// reclaim pass.
     present: bool,
 }
 
@@ -251,9 +251,10 @@ fn run(seed: u64, steps: usize) {
                 match touched {
                     Ok(touched) => {
                         let got: HashSet<CredentialId> =
-                            touched.iter().map(|t| t.credential_id).collect();
+                            touched.touched.iter().map(|t| t.credential_id).collect();
                         assert_eq!(got, expected, "{context}");
-                        assert_eq!(got.len(), touched.len(), "{context}: duplicates");
+                        assert_eq!(got.len(), touched.touched.len(), "{context}: duplicates");
+                        assert_eq!(touched.total, got.len() as u64, "{context}");
                     }
                     Err(Rejection::NotOwned { .. }) => {
                         assert!(expected.is_empty(), "{context}");
@@ -305,10 +306,20 @@ fn run(seed: u64, steps: usize) {
                 assert_eq!(revoked, expected, "{context}");
             }
             _ => {
+                // The sweep reclaims what RevokeAll killed.
                 store.sweep();
+                for m in model.iter_mut().filter(|m| !m.live()) {
+                    m.present = false;
+                }
             }
         }
+        if step % 50 == 0 {
+            store.check_invariants().expect(&context);
+            let present = model.iter().filter(|m| m.present).count();
+            assert_eq!(store.record_count(), present, "{context}");
+        }
     }
+    store.check_invariants().expect("at the end");
     // Every credential answers as the model says, reason and cause included.
     for m in &model {
         check_dead(
