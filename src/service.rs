@@ -15,7 +15,9 @@ use crate::clock::Millis;
 use crate::error::{Failure, Forbidden, Limit};
 use crate::pb;
 use crate::request_id::RequestId;
-use crate::store::{NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig};
+use crate::store::{
+    NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig, ThreadTouch,
+};
 use crate::token::{self, CredentialId, Token};
 use crate::transport::{Peer, PeerInfo};
 use crate::validate::{FieldViolation, Violations};
@@ -534,14 +536,20 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     violations.into_result(())?;
                     target_id = id;
                     let id = id.expect("validated");
-                    vec![self
+                    let one = self
                         .store
                         .touch_credential(&id, reach(caller))
-                        .map_err(Failure::for_owner)?]
+                        .map_err(Failure::for_owner)?;
+                    ThreadTouch {
+                        touched: vec![one],
+                        total: 1,
+                    }
                 }
                 Some(Target::ThreadId(thread_id)) => {
                     let thread_id = violations.id("thread_id", thread_id, true);
                     violations.into_result(())?;
+                    // Every live credential is renewed; the reply lists at
+                    // most the store's touch_reply_limit and says how many.
                     self.store
                         .touch_thread(thread_id.unwrap_or_default(), reach(caller))
                         .map_err(Failure::for_owner)?
@@ -554,8 +562,9 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 }
             };
             Ok(pb::TouchResponse {
-                total: touched.len() as u64,
+                total: touched.total,
                 credentials: touched
+                    .touched
                     .into_iter()
                     .map(|t| pb::TouchedCredential {
                         credential_id: t.credential_id.to_string(),
