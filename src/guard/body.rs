@@ -26,6 +26,11 @@ pub struct GuardBody {
     watch: Option<Box<Watch>>,
     /// Set once the body has ended, by the inner body or by the deadline.
     done: bool,
+    /// What a refusal keeps until its answer is sent: the request, or the
+    /// call cut off at its deadline (which holds the request). Dropping a
+    /// request body the client is still sending resets the stream, and
+    /// that reset can overtake the answer.
+    _held: Option<Box<dyn Send>>,
 }
 
 /// The state of an admitted call's body.
@@ -51,7 +56,14 @@ impl GuardBody {
             inner,
             watch: None,
             done: false,
+            _held: None,
         }
+    }
+
+    /// This body, keeping `held` until it is dropped.
+    pub(super) fn holding(mut self, held: Box<dyn Send>) -> GuardBody {
+        self._held = Some(held);
+        self
     }
 
     /// An admitted call's body.
@@ -72,6 +84,7 @@ impl GuardBody {
                 max_message_bytes,
             })),
             done: false,
+            _held: None,
         }
     }
 }

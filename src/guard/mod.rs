@@ -190,6 +190,7 @@ impl<S, B> Service<Request<B>> for Guard<S>
 where
     S: Service<Request<B>, Response = Response<tonic::body::Body>, Error = Infallible>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<GuardBody>;
     type Error = Infallible;
@@ -205,22 +206,28 @@ where
     fn call(&mut self, request: Request<B>) -> GuardFuture {
         let call = CallContext::of(&request);
         let config = &self.shared.config;
-        let refused = |failure| -> GuardFuture {
+        // A refusal keeps the request until its answer is sent: dropping a
+        // request body the client is still sending resets the stream
+        // (CANCEL), which can overtake the answer.
+        let refused = |failure, request: Request<B>| -> GuardFuture {
             let response = call.refuse(failure);
+            let response = response.map(|body| body.holding(Box::new(request)));
             Box::pin(std::future::ready(Ok(response)))
         };
         if metadata::header_list_size(&request) > config.max_header_list_bytes {
-            return refused(Failure::TooLarge {
+            let failure = Failure::TooLarge {
                 part: "metadata",
                 limit: config.max_header_list_bytes,
-            });
+            };
+            return refused(failure, request);
         }
         let kind = Kind::of(call.rpc.path());
         let Some(permit) = self.shared.pools.admit(kind) else {
-            return refused(Failure::Unavailable {
+            let failure = Failure::Unavailable {
                 message: kind.full_message(),
                 retry_after: RETRY_AFTER_OVERLOAD,
-            });
+            };
+            return refused(failure, request);
         };
         let deadline = match kind {
             Kind::HealthWatch => None,
@@ -233,10 +240,18 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline.at, response).await {
-                    Ok(response) => response?,
-                    Err(_) => return Ok(call.refuse(deadline.exceeded())),
-                },
+                Some(deadline) => {
+                    // Boxed so that, cut off, it can go with the answer
+                    // (see `refused` above: it holds the request body).
+                    let mut response = Box::pin(response);
+                    match tokio::time::timeout_at(deadline.at, &mut response).await {
+                        Ok(response) => response?,
+                        Err(_) => {
+                            let answer = call.refuse(deadline.exceeded());
+                            return Ok(answer.map(|body| body.holding(Box::new(response))));
+                        }
+                    }
+                }
                 None => response.await?,
             };
             if let Some(failure) =
