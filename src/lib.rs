@@ -8,7 +8,9 @@
 //! request checking, [`error`] typed failures, [`service`] the gRPC service,
 //! [`request_id`] per-call ids, [`config`] the command line, [`telemetry`]
 //! logging, [`audit`] the audit trail, [`transport`] the TCP, TLS and Unix
-//! listeners, and [`server`] the wiring that `main` and the tests share.
+//! listeners and the HTTP/2 connection loop, [`guard`] the per-call limits
+//! (metadata size, calls in flight, deadline), and [`server`] the wiring
+//! that `main` and the tests share.
 
 pub mod allocator;
 pub mod audit;
@@ -16,6 +18,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod request_id;
 pub mod server;
 pub mod service;

@@ -1,0 +1,101 @@
+//! tonic's own refusals, turned into the contract's: an oversized message
+//! is refused by tonic with OUT_OF_RANGE and no ErrorInfo; here it becomes
+//! RESOURCE_EXHAUSTED REQUEST_TOO_LARGE part=message. Any other status
+//! without ErrorInfo that passes by (UNIMPLEMENTED for an unknown method,
+//! say) at least gets a log line.
+
+use http::HeaderMap;
+use tonic::Code;
+
+use super::CallContext;
+use crate::error::Failure;
+
+/// The header that carries a gRPC status.
+const GRPC_STATUS: &str = "grpc-status";
+/// The header that carries a status's details (ErrorInfo and the rest).
+const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+/// tonic's words for a request message over the decoding limit.
+const DECODE_TOO_LARGE: &str = "decoded message length too large";
+/// tonic's words for a response message over the encoding limit.
+const ENCODE_TOO_LARGE: &str = "encoded message length too large";
+
+/// For a trailers-only response (`headers` hold the status) or the
+/// trailers of a streamed one: the failure to answer with instead, when
+/// tonic refused an oversized request message. Logs other statuses that
+/// carry no ErrorInfo. The normal path costs one header lookup.
+pub(super) fn trailers_only(
+    headers: &HeaderMap,
+    call: &CallContext,
+    max_message_bytes: usize,
+) -> Option<Failure> {
+    let code = headers.get(GRPC_STATUS)?;
+    if code == "0" || headers.contains_key(GRPC_STATUS_DETAILS) {
+        return None;
+    }
+    let status = tonic::Status::from_header_map(headers)?;
+    if status.code() == Code::OutOfRange && status.message().contains(DECODE_TOO_LARGE) {
+        return Some(Failure::TooLarge {
+            part: "message",
+            limit: max_message_bytes,
+        });
+    }
+    if status.message().contains(ENCODE_TOO_LARGE) {
+        tracing::warn!(
+            rpc = %call.rpc.path(),
+            request_id = %call.request_id(),
+            peer = %super::LoggedPeer(call.peer.as_ref()),
+            limit = max_message_bytes,
+            "a response message was over --max-message-bytes; the call failed OUT_OF_RANGE"
+        );
+    } else {
+        tracing::info!(
+            rpc = %call.rpc.path(),
+            request_id = %call.request_id(),
+            peer = %super::LoggedPeer(call.peer.as_ref()),
+            code = ?status.code(),
+            "call failed outside the service, without ErrorInfo"
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> CallContext {
+        CallContext {
+            rpc: http::uri::PathAndQuery::from_static("/a.B/C"),
+            request_id: None,
+            peer: None,
+        }
+    }
+
+    /// Catches: tonic's OUT_OF_RANGE passed through, a success or a status
+    /// with details rewritten, or the limit misnamed.
+    #[test]
+    fn only_tonics_decode_refusal_is_rewritten() {
+        let headers = |status: tonic::Status| {
+            let mut map = HeaderMap::new();
+            status.add_header(&mut map).unwrap();
+            map
+        };
+        let tonic_refusal = headers(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes",
+        ));
+        let rewritten = trailers_only(&tonic_refusal, &call(), 65536).expect("rewritten");
+        assert!(matches!(
+            rewritten,
+            Failure::TooLarge {
+                part: "message",
+                limit: 65536
+            }
+        ));
+        assert!(trailers_only(&headers(tonic::Status::ok("")), &call(), 1).is_none());
+        assert!(trailers_only(&HeaderMap::new(), &call(), 1).is_none());
+        let ours = headers(Failure::Unknown.into_status("r"));
+        assert!(trailers_only(&ours, &call(), 1).is_none());
+        let other = headers(tonic::Status::out_of_range("something else"));
+        assert!(trailers_only(&other, &call(), 1).is_none());
+    }
+}
