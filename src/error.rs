@@ -71,6 +71,12 @@ pub enum Failure {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// No such service or method here.
+    #[error("unknown method {rpc}")]
+    UnknownMethod {
+        /// The path asked for, e.g. `/credential_authority.v1.X/Y`.
+        rpc: String,
+    },
     /// The call ran past the per-request deadline.
     #[error("deadline of {deadline:?} exceeded")]
     DeadlineExceeded {
@@ -215,6 +221,7 @@ impl Failure {
             Failure::Limit(Limit::CallerRate { .. }) => "CALLER_MINT_RATE_EXCEEDED",
             Failure::TooLarge { .. } => "REQUEST_TOO_LARGE",
             Failure::DeadlineExceeded { .. } => "REQUEST_DEADLINE_EXCEEDED",
+            Failure::UnknownMethod { .. } => "METHOD_UNKNOWN",
             Failure::CallerUnauthenticated(_) => "CALLER_UNAUTHENTICATED",
             Failure::CallerForbidden(_) => "CALLER_FORBIDDEN",
         }
@@ -234,6 +241,7 @@ impl Failure {
             Failure::Unavailable { .. } => Code::Unavailable,
             Failure::Limit(_) | Failure::TooLarge { .. } => Code::ResourceExhausted,
             Failure::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Failure::UnknownMethod { .. } => Code::Unimplemented,
         }
     }
 
@@ -358,6 +366,14 @@ impl Failure {
                 format!(
                     "the request {part} is larger than the {limit} bytes this server accepts; nothing was done: send a smaller request, retrying it unchanged cannot succeed"
                 )
+            }
+            Failure::UnknownMethod { rpc } => {
+                let message = format!(
+                    "this server has no method {rpc}; check that the client's proto matches \
+                     this server's version; retrying cannot succeed"
+                );
+                metadata.insert("rpc".to_owned(), rpc);
+                message
             }
             Failure::DeadlineExceeded { deadline } => {
                 metadata.insert("deadline_ms".to_owned(), deadline.as_millis().to_string());

@@ -470,3 +470,36 @@ async fn metadata_over_8_kib_is_request_too_large() {
     let status = client.resolve(request).await.expect_err("malformed");
     assert_eq!(error_info(&status).0, "TOKEN_MALFORMED");
 }
+
+/// Catches: tonic's bare UNIMPLEMENTED (no ErrorInfo) reaching clients for
+/// an unknown method of our service or an unknown service, or the path
+/// not named.
+#[tokio::test]
+async fn an_unknown_method_is_method_unknown_with_error_info() {
+    let server = Server::start(&[]);
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    for path in [
+        "/credential_authority.v1.CredentialAuthority/Forge",
+        "/no.such.Service/Call",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<_, pb::ResolveResponse, _>(
+                tonic::Request::new(pb::ResolveRequest::default()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        let (reason, metadata) = error_info(&status);
+        assert_eq!(reason, "METHOD_UNKNOWN");
+        assert_eq!(metadata["rpc"], path);
+        assert_refusal_logged(&server, "METHOD_UNKNOWN", &metadata["request_id"], path);
+    }
+}

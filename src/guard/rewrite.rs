@@ -1,8 +1,8 @@
 //! tonic's own refusals, turned into the contract's: an oversized message
 //! is refused by tonic with OUT_OF_RANGE and no ErrorInfo; here it becomes
-//! RESOURCE_EXHAUSTED REQUEST_TOO_LARGE part=message. Any other status
-//! without ErrorInfo that passes by (UNIMPLEMENTED for an unknown method,
-//! say) at least gets a log line.
+//! RESOURCE_EXHAUSTED REQUEST_TOO_LARGE part=message, and its UNIMPLEMENTED
+//! for an unknown service or method becomes METHOD_UNKNOWN. Any other
+//! status without ErrorInfo that passes by at least gets a log line.
 
 use http::HeaderMap;
 use tonic::Code;
@@ -38,6 +38,19 @@ pub(super) fn trailers_only(
             part: "message",
             limit: max_message_bytes,
         });
+    }
+    if status.code() == Code::Unimplemented {
+        // The path is the client's, checked by `http` to be a valid URI
+        // path; it is capped so a huge one cannot bloat the answer.
+        let mut rpc = call.rpc.path().to_owned();
+        if rpc.len() > 256 {
+            let mut end = 256;
+            while !rpc.is_char_boundary(end) {
+                end -= 1;
+            }
+            rpc.truncate(end);
+        }
+        return Some(Failure::UnknownMethod { rpc });
     }
     if status.message().contains(ENCODE_TOO_LARGE) {
         tracing::warn!(
@@ -97,5 +110,10 @@ mod tests {
         assert!(trailers_only(&ours, &call(), 1).is_none());
         let other = headers(tonic::Status::out_of_range("something else"));
         assert!(trailers_only(&other, &call(), 1).is_none());
+        let unknown = headers(tonic::Status::unimplemented(""));
+        match trailers_only(&unknown, &call(), 1) {
+            Some(Failure::UnknownMethod { rpc }) => assert_eq!(rpc, "/a.B/C"),
+            other => panic!("{other:?}"),
+        }
     }
 }
