@@ -132,10 +132,11 @@ pub(super) fn spawn(
         .name("journal-compact".into())
         .spawn(move || {
             // Holds the directory while it writes there, even if the
-            // journal is dropped meanwhile.
-            let _lock = lock;
+            // journal is dropped meanwhile; released before the result is
+            // told, so a caller that then reopens finds it free.
             let result = compact(&thread_shared, produce);
             thread_shared.compacting.store(false, Ordering::Release);
+            drop(lock);
             finished.finish(result);
         });
     if let Err(e) = started {
