@@ -34,16 +34,23 @@ pub fn init(format: LogFormat) -> FlushGuard {
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .event_format(RpcLineFormat::text(stock))
-            .init(),
+        LogFormat::Text => {
+            let ansi = std::io::stdout().is_terminal();
+            rpc_line::set_raw_fields(!ansi);
+            builder
+                .with_ansi(ansi)
+                .event_format(RpcLineFormat::text(stock))
+                .init()
+        }
         // What `.json()` sets: JSON span fields and never any colour.
-        LogFormat::Json => builder
-            .with_ansi(false)
-            .fmt_fields(JsonFields::new())
-            .event_format(RpcLineFormat::json(stock.json().flatten_event(true)))
-            .init(),
+        LogFormat::Json => {
+            rpc_line::set_raw_fields(true);
+            builder
+                .with_ansi(false)
+                .fmt_fields(JsonFields::new())
+                .event_format(RpcLineFormat::json(stock.json().flatten_event(true)))
+                .init()
+        }
     }
     guard
 }

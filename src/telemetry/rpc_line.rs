@@ -9,22 +9,26 @@
 //! Resolve (callgrind), about as much as the rest of the call. This
 //! formatter writes the same bytes straight into the line: the seconds of
 //! the timestamp rendered once per second per thread, names and values
-//! appended, integers with `itoa`.
+//! appended, integers with `itoa`. Where it is installed, the line's text
+//! fields go as `&str` rather than as `Display` values, which saves their
+//! trip through `fmt` too (the stock text formatter would quote them, so
+//! they go that way only to a formatter that writes them all).
 //!
-//! It takes only the RPC line (by name and target), and only when the
-//! stock formatter would write nothing it does not: no colour and no span
-//! in scope. Everything else, and the RPC line otherwise, goes to the stock
-//! formatter, so the two can never disagree on a line. The tests hold the
-//! two side by side on the same events.
+//! It takes only the RPC line (by name and target), and only when it can
+//! write what the stock formatter would: no colour, and for JSON no span in
+//! scope (text writes the span prefix as the stock one does). Everything
+//! else goes to the stock formatter, so the two can never disagree on a
+//! line. The tests hold the two side by side on the same events.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::token::CredentialId;
@@ -61,38 +65,50 @@ pub struct RpcLine<'a> {
     pub latency_us: u64,
 }
 
+/// Whether the installed formatter is an [`RpcLineFormat`] that writes
+/// every RPC line itself (see [`RpcLineFormat::install`]). Then the line's
+/// text fields go as `&str`, which costs a fraction of a `Display` value
+/// through `fmt`; otherwise as `Display` values, which is what the stock
+/// formatter needs to write them unquoted.
+static RAW_FIELDS: AtomicBool = AtomicBool::new(false);
+
+/// Emits the RPC line's event; `$text` marks how its text fields go
+/// (`%` as `Display`, or nothing as `&str`), `$($code)*` the optional code.
+macro_rules! rpc_event {
+    ($line:expr, $credential:expr, ($($text:tt)?) $(, $code:expr)?) => {
+        tracing::info!(
+            name: RPC_NAME,
+            target: RPC_TARGET,
+            message = $($text)? RPC_NAME,
+            method = $($text)? $line.method,
+            request_id = $($text)? $line.request_id,
+            caller = $($text)? $line.caller,
+            key_id = $($text)? $line.key_id,
+            credential_id = $credential,
+            outcome = $($text)? $line.outcome,
+            $(code = ?$code,)?
+            latency_us = $line.latency_us
+        )
+    };
+}
+
 impl RpcLine<'_> {
     /// Emits the line as an INFO event: `rpc method=... request_id=...
     /// caller=... key_id=... credential_id=... outcome=... [code=...]
     /// latency_us=...`, the field names a log query uses.
     pub fn write(&self) {
+        self.write_as(RAW_FIELDS.load(Ordering::Relaxed));
+    }
+
+    /// Emits the line with its text fields as `&str` (`raw`) or as
+    /// `Display` values; both are written the same by [`RpcLineFormat`].
+    fn write_as(&self, raw: bool) {
         let credential = tracing::field::display(LoggedId(self.credential_id));
-        match self.code {
-            None => tracing::info!(
-                name: RPC_NAME,
-                target: RPC_TARGET,
-                method = %self.method,
-                request_id = %self.request_id,
-                caller = %self.caller,
-                key_id = %self.key_id,
-                credential_id = credential,
-                outcome = %self.outcome,
-                latency_us = self.latency_us,
-                "rpc"
-            ),
-            Some(code) => tracing::info!(
-                name: RPC_NAME,
-                target: RPC_TARGET,
-                method = %self.method,
-                request_id = %self.request_id,
-                caller = %self.caller,
-                key_id = %self.key_id,
-                credential_id = credential,
-                outcome = %self.outcome,
-                code = ?code,
-                latency_us = self.latency_us,
-                "rpc"
-            ),
+        match (raw, self.code) {
+            (true, None) => rpc_event!(self, credential, ()),
+            (true, Some(code)) => rpc_event!(self, credential, (), code),
+            (false, None) => rpc_event!(self, credential, (%)),
+            (false, Some(code)) => rpc_event!(self, credential, (%), code),
         }
     }
 }
@@ -156,15 +172,17 @@ where
         let meta = event.metadata();
         let ours = meta.name() == RPC_NAME
             && meta.target() == RPC_TARGET
-            && (self.json || !writer.has_ansi_escapes())
-            && ctx.event_scope().is_none();
+            && !writer.has_ansi_escapes()
+            // The stock JSON formatter writes spans as objects of their
+            // fields; the text one as a prefix, written here too.
+            && (!self.json || ctx.event_scope().is_none());
         if ours {
             let written = LINE.with(|line| {
                 // Busy only if a field's formatting logged (re-entered).
                 let mut line = line.try_borrow_mut().ok()?;
                 line.clear();
                 let sanitize = writer.sanitizes_ansi_escapes();
-                self.write_line(&mut line, event, sanitize)?;
+                self.write_line(&mut line, ctx, event, sanitize)?;
                 Some(writer.write_str(&line))
             });
             if let Some(result) = written {
@@ -173,6 +191,14 @@ where
         }
         self.stock.format_event(ctx, writer, event)
     }
+}
+
+/// Chooses how [`RpcLine::write`] emits its text fields: as `&str` when
+/// `raw`, which only a formatter that writes them unquoted may see (an
+/// [`RpcLineFormat`] for JSON, or for text without colour), else as
+/// `Display` values.
+pub(super) fn set_raw_fields(raw: bool) {
+    RAW_FIELDS.store(raw, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -187,7 +213,17 @@ impl<F> RpcLineFormat<F> {
     /// Builds the whole line in `line`, or says `None` when only the stock
     /// formatter can write it (a time it cannot render, a field kind it
     /// prints differently).
-    fn write_line(&self, line: &mut String, event: &Event<'_>, sanitize: bool) -> Option<()> {
+    fn write_line<S, N>(
+        &self,
+        line: &mut String,
+        ctx: &FmtContext<'_, S, N>,
+        event: &Event<'_>,
+        sanitize: bool,
+    ) -> Option<()>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
         let level = *event.metadata().level();
         if self.json {
             line.push_str("{\"timestamp\":\"");
@@ -200,6 +236,7 @@ impl<F> RpcLineFormat<F> {
             line.push(' ');
             line.push_str(padded(level));
             line.push(' ');
+            push_spans(line, ctx);
         }
         let mut visitor = FieldVisitor {
             line,
@@ -214,6 +251,34 @@ impl<F> RpcLineFormat<F> {
         }
         line.push_str(if self.json { "}\n" } else { "\n" });
         Some(())
+    }
+}
+
+/// The spans in scope, root first, as the stock text formatter writes them
+/// without colour: `name{fields}:` each, then a space.
+fn push_spans<S, N>(line: &mut String, ctx: &FmtContext<'_, S, N>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let Some(scope) = ctx.event_scope() else {
+        return;
+    };
+    let mut seen = false;
+    for span in scope.from_root() {
+        seen = true;
+        line.push_str(span.metadata().name());
+        if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+            if !fields.is_empty() {
+                line.push('{');
+                line.push_str(fields);
+                line.push('}');
+            }
+        }
+        line.push(':');
+    }
+    if seen {
+        line.push(' ');
     }
 }
 
@@ -355,16 +420,26 @@ impl Visit for FieldVisitor<'_> {
         }
     }
 
+    /// Only the RPC line's raw text fields come here (see [`RAW_FIELDS`]):
+    /// written as the stock formatter writes their `Display` form.
     fn record_str(&mut self, field: &Field, value: &str) {
-        match (self.json, field.name()) {
-            (true, _) => {
-                self.name(field);
-                self.line.push('"');
-                let _ = JsonEscaped(self.line).write_str(value);
-                self.line.push('"');
+        if self.json {
+            self.name(field);
+            self.line.push('"');
+            let _ = JsonEscaped(self.line).write_str(value);
+            self.line.push('"');
+        } else if field.name() == "message" {
+            self.space();
+            if self.sanitize {
+                let _ = AnsiEscaped(self.line).write_str(value);
+            } else {
+                self.line.push_str(value);
             }
-            (false, "message") => self.record_debug(field, &format_args!("{value}")),
-            (false, _) => self.record_debug(field, &value),
+        } else if field.name().starts_with("log.") {
+            self.faithful = false;
+        } else {
+            self.name(field);
+            self.line.push_str(value);
         }
     }
 

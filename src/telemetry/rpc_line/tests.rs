@@ -224,49 +224,61 @@ fn the_json_line_is_the_stock_line() {
     );
 }
 
-/// Catches: the fast path writing a line the stock formatter writes
-/// differently: with colour on, inside a span, or another event.
+/// Catches: the RPC line inside a span losing the span (text writes it as
+/// the stock formatter does; JSON leaves the line to the stock formatter),
+/// other events not left to the stock formatter, and a coloured line taken
+/// by the fast path (it writes no colour).
 #[test]
-fn other_lines_go_to_the_stock_formatter() {
+fn spans_colour_and_other_events() {
     let line = lines()[0];
-    let emit = || {
-        tracing::info!(answer = 42, "not the rpc line");
-        tracing::info_span!("outer", peer = "x").in_scope(|| line.write());
+    let emit = |raw: bool| {
+        move || {
+            tracing::info!(answer = 42, "not the rpc line");
+            tracing::info_span!("outer", peer = "x")
+                .in_scope(|| tracing::info_span!("inner").in_scope(|| line.write_as(raw)));
+        }
     };
-    for json in [false, true] {
+    let stock = write_with(stock_text(), false, false, emit(false));
+    assert!(
+        stock.contains(" INFO outer{peer=\"x\"}:inner: rpc method="),
+        "{stock}"
+    );
+    let stock_json_line = write_with(stock_json(), true, false, emit(false));
+    assert!(stock_json_line.contains("\"spans\":["), "{stock_json_line}");
+    for raw in [true, false] {
         let reached_stock = Arc::new(AtomicUsize::new(0));
-        let (stock, fast) = if json {
-            (
-                write_with(stock_json(), true, false, emit),
-                write_with(
-                    ours(RpcLineFormat::json(Counting(
-                        stock_json(),
-                        reached_stock.clone(),
-                    ))),
-                    true,
-                    false,
-                    emit,
-                ),
-            )
-        } else {
-            (
-                write_with(stock_text(), false, false, emit),
-                write_with(
-                    ours(RpcLineFormat::text(Counting(
-                        stock_text(),
-                        reached_stock.clone(),
-                    ))),
-                    false,
-                    false,
-                    emit,
-                ),
-            )
-        };
-        assert_eq!(fast, stock);
-        assert_eq!(reached_stock.load(Ordering::Relaxed), 2, "json: {json}");
-        assert!(stock.contains("outer"), "{stock}");
+        let fast = write_with(
+            ours(RpcLineFormat::text(Counting(
+                stock_text(),
+                reached_stock.clone(),
+            ))),
+            false,
+            false,
+            emit(raw),
+        );
+        assert_eq!(fast, stock, "raw: {raw}");
+        assert_eq!(
+            reached_stock.load(Ordering::Relaxed),
+            1,
+            "only the other event"
+        );
+
+        let reached_stock = Arc::new(AtomicUsize::new(0));
+        let fast = write_with(
+            ours(RpcLineFormat::json(Counting(
+                stock_json(),
+                reached_stock.clone(),
+            ))),
+            true,
+            false,
+            emit(raw),
+        );
+        assert_eq!(fast, stock_json_line, "raw: {raw}");
+        assert_eq!(reached_stock.load(Ordering::Relaxed), 2, "both");
     }
-    let emit = || line.write();
+
+    // With colour the fields go as Display values (see `set_raw_fields`).
+    let emit = || line.write_as(false);
     let reached_stock = Arc::new(AtomicUsize::new(0));
     let stock = write_with(stock_text(), false, true, emit);
     let fast = write_with(
