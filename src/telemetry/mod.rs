@@ -6,8 +6,9 @@
 //! [`RpcLine`]), is formatted by a purpose-built path that writes the same
 //! bytes as the stock text or JSON formatter would; every other event, and
 //! the RPC line whenever that path cannot promise the same bytes (colour on
-//! a terminal, a span in scope), goes to the stock formatter. Lines are
-//! then handed to [`BatchWriter`], which writes them off the request path.
+//! a terminal; in JSON, a span in scope), goes to the stock formatter.
+//! Lines are then handed to [`BatchWriter`], which writes them off the
+//! request path.
 
 mod batch;
 mod rpc_line;

@@ -66,7 +66,7 @@ pub struct RpcLine<'a> {
 }
 
 /// Whether the installed formatter is an [`RpcLineFormat`] that writes
-/// every RPC line itself (see [`RpcLineFormat::install`]). Then the line's
+/// every RPC line itself (see [`set_raw_fields`]). Then the line's
 /// text fields go as `&str`, which costs a fraction of a `Display` value
 /// through `fmt`; otherwise as `Display` values, which is what the stock
 /// formatter needs to write them unquoted.
