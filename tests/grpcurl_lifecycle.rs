@@ -133,19 +133,23 @@ fn touch_keeps_an_unused_credential_alive_by_credential_and_by_thread() {
     let server = Server::start(&[]);
     let by_id = minted(
         &server,
-        r#"{"threadId":"t1","providerInstanceId":"i","idleTimeout":"1.5s"}"#,
+        r#"{"threadId":"t1","providerInstanceId":"i","idleTimeout":"5s"}"#,
     );
     let by_thread = minted(
         &server,
-        r#"{"threadId":"t2","providerInstanceId":"i","idleTimeout":"1.5s"}"#,
+        r#"{"threadId":"t2","providerInstanceId":"i","idleTimeout":"5s"}"#,
     );
     let neglected = minted(
         &server,
-        r#"{"threadId":"t3","providerInstanceId":"i","idleTimeout":"1.5s"}"#,
+        r#"{"threadId":"t3","providerInstanceId":"i","idleTimeout":"5s"}"#,
     );
+    let neglected_at = std::time::Instant::now();
     let id = by_id["credentialId"].as_str().unwrap();
-    for _ in 0..7 {
-        std::thread::sleep(Duration::from_millis(350));
+    // Touched every few hundred milliseconds until the neglected one is well
+    // past its 5 s idle timeout: the gaps stay far below 5 s even when each
+    // grpcurl run takes most of a second on a loaded machine.
+    while neglected_at.elapsed() < Duration::from_millis(6_500) {
+        std::thread::sleep(Duration::from_millis(200));
         let touched = ok(touch_id(&server, id));
         assert_eq!(touched["credentials"][0]["credentialId"], id);
         assert!(touched["credentials"][0]["idleExpiresAt"].is_string());
@@ -156,7 +160,7 @@ fn touch_keeps_an_unused_credential_alive_by_credential_and_by_thread() {
             by_thread["credentialId"]
         );
     }
-    // Well past the 1.5 s idle timeout since mint, without one Resolve.
+    // Well past the 5 s idle timeout since mint, without one Resolve.
     ok(call(&server, "Resolve", &resolve_body(token(&by_id))));
     ok(call(&server, "Resolve", &resolve_body(token(&by_thread))));
     failed(
