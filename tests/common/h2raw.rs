@@ -23,14 +23,25 @@ pub const SETTINGS: u8 = 4;
 pub const PING: u8 = 6;
 pub const GOAWAY: u8 = 7;
 pub const WINDOW_UPDATE: u8 = 8;
+pub const CONTINUATION: u8 = 9;
 
 /// Flags.
 pub const END_STREAM: u8 = 0x1;
 pub const ACK: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 
-/// Error codes.
+/// Error codes (RFC 9113 §7).
+pub const NO_ERROR: u32 = 0;
+pub const PROTOCOL_ERROR: u32 = 1;
+pub const FLOW_CONTROL_ERROR: u32 = 3;
+pub const FRAME_SIZE_ERROR: u32 = 6;
 pub const REFUSED_STREAM: u32 = 7;
+pub const CANCEL: u32 = 8;
+pub const COMPRESSION_ERROR: u32 = 9;
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// The connection's send window before any WINDOW_UPDATE (RFC 9113 §6.9.2).
+const INITIAL_WINDOW: i64 = 65_535;
 
 /// One frame as read.
 #[derive(Debug, Clone)]
@@ -52,6 +63,44 @@ impl Frame {
         let bytes = self.payload.get(at..at + 4)?;
         Some(u32::from_be_bytes(bytes.try_into().unwrap()))
     }
+
+    /// The last stream id a GOAWAY says the server processed (or might
+    /// have): streams above it were never seen.
+    pub fn last_stream_id(&self) -> Option<u32> {
+        if self.kind != GOAWAY {
+            return None;
+        }
+        let bytes = self.payload.get(..4)?;
+        Some(u32::from_be_bytes(bytes.try_into().unwrap()) & 0x7fff_ffff)
+    }
+}
+
+/// How a connection answered a [`H2::barrier_or_goaway`].
+#[derive(Debug)]
+pub enum Answer {
+    /// The PING came back: every frame sent before it was processed, and
+    /// these came first.
+    Barrier(Vec<Frame>),
+    /// A GOAWAY came first (after these frames).
+    GoAway(Vec<Frame>, Frame),
+    /// The connection closed (EOF or reset) without a GOAWAY, after these.
+    Closed(Vec<Frame>),
+}
+
+/// A frame header alone that declares `len` payload bytes, whether or
+/// not they follow.
+pub fn frame_header(len: u32, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out
+}
+
+/// A RST_STREAM of `stream` with `code`.
+pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+    frame(RST_STREAM, 0, stream, &code.to_be_bytes())
 }
 
 /// The bytes of one frame.
@@ -122,6 +171,9 @@ pub fn grpc_message(message: &[u8]) -> Vec<u8> {
 pub struct H2 {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// What the connection window still lets us send, from the
+    /// WINDOW_UPDATEs on stream 0 read so far (for [`H2::send_data`]).
+    send_window: i64,
 }
 
 impl H2 {
@@ -132,6 +184,7 @@ impl H2 {
         Ok(H2 {
             stream,
             buf: Vec::new(),
+            send_window: INITIAL_WINDOW,
         })
     }
 
@@ -188,6 +241,64 @@ impl H2 {
         }
     }
 
+    /// Sends a PING and reads until its ACK, a GOAWAY, or the end of the
+    /// connection, whichever comes first; fails only on a timeout. For
+    /// floods, which go on until the server sends them away.
+    pub async fn barrier_or_goaway(&mut self, patience: Duration) -> io::Result<Answer> {
+        let data = *b"barrier?";
+        let mut seen = Vec::new();
+        if self.send(&frame(PING, 0, 0, &data)).await.is_err() {
+            // Closed under us; what it sent first may still be readable.
+            return Ok(self.read_to_end(seen, patience).await);
+        }
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                Ok(f) if f.kind == PING && f.flags & ACK != 0 && f.payload == data => {
+                    return Ok(Answer::Barrier(seen))
+                }
+                Ok(f) if f.kind == GOAWAY => return Ok(Answer::GoAway(seen, f)),
+                Ok(f) => seen.push(f),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(e),
+                Err(_) => return Ok(Answer::Closed(seen)),
+            }
+        }
+    }
+
+    /// Reads what is left after a failed write: a GOAWAY if one came.
+    async fn read_to_end(&mut self, mut seen: Vec<Frame>, patience: Duration) -> Answer {
+        loop {
+            match self.read_frame(patience).await {
+                Ok(f) if f.kind == GOAWAY => return Answer::GoAway(seen, f),
+                Ok(f) => seen.push(f),
+                Err(_) => return Answer::Closed(seen),
+            }
+        }
+    }
+
+    /// Sends one DATA frame on `id` once the connection window allows it,
+    /// reading frames (WINDOW_UPDATEs among them) until it does; returns
+    /// the frames read on the way. The stream's own window is not tracked:
+    /// callers keep each stream under the server's initial window.
+    pub async fn send_data(
+        &mut self,
+        id: u32,
+        payload: &[u8],
+        flags: u8,
+        patience: Duration,
+    ) -> io::Result<Vec<Frame>> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.send_window < payload.len() as i64 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            seen.push(self.read_frame(left).await?);
+        }
+        self.send_window -= payload.len() as i64;
+        self.send(&frame(DATA, flags, id, payload)).await?;
+        Ok(seen)
+    }
+
     /// Reads one frame, or fails after `patience` (TimedOut) or at EOF
     /// (UnexpectedEof).
     pub async fn read_frame(&mut self, patience: Duration) -> io::Result<Frame> {
@@ -197,13 +308,18 @@ impl H2 {
                 let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
                 if self.buf.len() >= 9 + len {
                     let head: Vec<u8> = self.buf.drain(..9 + len).collect();
-                    return Ok(Frame {
+                    let frame = Frame {
                         kind: head[3],
                         flags: head[4],
                         stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]])
                             & 0x7fff_ffff,
                         payload: head[9..].to_vec(),
-                    });
+                    };
+                    if frame.kind == WINDOW_UPDATE && frame.stream == 0 && len == 4 {
+                        let bytes = [head[9], head[10], head[11], head[12]];
+                        self.send_window += i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff);
+                    }
+                    return Ok(frame);
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
