@@ -8,7 +8,7 @@
 //! request checking, [`error`] typed failures, [`service`] the gRPC service,
 //! [`request_id`] per-call ids, [`config`] the command line, [`telemetry`]
 //! logging, [`audit`] the audit trail, [`transport`] the TCP, TLS and Unix
-//! listeners, and [`server`] the wiring that `main` and the tests share.
+//! listeners, [`undecodable`] the answer to a body tonic cannot decode, and [`server`] the wiring that `main` and the tests share.
 
 pub mod allocator;
 pub mod audit;
@@ -24,6 +24,7 @@ pub mod store;
 pub mod telemetry;
 pub mod token;
 pub mod transport;
+pub mod undecodable;
 pub mod validate;
 
 /// The generated contract (`proto/`), with the descriptor set served by

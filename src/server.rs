@@ -22,6 +22,7 @@ use crate::request_id::RequestIdLayer;
 use crate::service::AuthorityService;
 use crate::store::{Store, StoreConfig};
 use crate::transport::{TlsReloader, Transport};
+use crate::undecodable::DecodeFailures;
 
 /// The fully qualified name of the authority service, as health reports it.
 pub const SERVICE_NAME: &str = "credential_authority.v1.CredentialAuthority";
@@ -137,7 +138,7 @@ pub async fn run(
             .add_service(reflection_builder().build_v1alpha()?);
     }
     let serving = router
-        .add_service(CredentialAuthorityServer::new(authority))
+        .add_service(authority_routes(authority))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         });
@@ -167,6 +168,15 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The authority's routes as the server serves them: the generated server,
+/// with tonic's decoding refusals answered as typed failures. One function,
+/// so the in-process fuzz target (`fuzzing::rpc_bodies`) runs this stack.
+pub fn authority_routes(
+    authority: AuthorityService,
+) -> DecodeFailures<CredentialAuthorityServer<AuthorityService>> {
+    DecodeFailures::new(CredentialAuthorityServer::new(authority))
 }
 
 /// What a reload refreshes.
