@@ -16,6 +16,8 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod request_id;
 pub mod server;
 pub mod service;
