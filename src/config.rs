@@ -10,8 +10,34 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::audit::{AuditConfig, AuditFailureMode, AuditSink};
 use crate::auth::cli::CallersArgs;
+use crate::guard::GuardConfig;
 use crate::store::StoreConfig;
+use crate::transport::http2::Http2Config;
 use crate::transport::{ListenAddr, TlsFiles, TransportConfig};
+
+/// `--handshake-timeout` when neither it nor its old name is given.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// h2's send buffer per stream: one frame. A response waiting for a
+/// client's window stays in its own body, not copied into h2 as well.
+const SEND_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Streams a client reset before the server accepted them, at once, before
+/// a GOAWAY: h2's default, the rapid-reset (CVE-2023-44487) guard.
+const PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams the server reset for a client's errors (refused over the stream
+/// limit, malformed) on one connection before a GOAWAY ENHANCE_YOUR_CALM:
+/// a quarter of h2's 1024, still far above what a sane client causes.
+const LOCAL_ERROR_RESETS: usize = 256;
+
+/// Health/Check calls in flight; their own pool, so health answers while
+/// the calls' pool is full.
+const HEALTH_CHECKS_IN_FLIGHT: usize = 256;
+
+/// Health/Watch streams open; their own pool, so watchers cannot starve
+/// Health/Check.
+const HEALTH_WATCHES_OPEN: usize = 256;
 
 /// The credential authority: mints, resolves and revokes the bearer
 /// credentials of AI coding-agent sessions.
@@ -100,9 +126,73 @@ pub struct ServeArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// How long a new connection may take to finish its TLS handshake.
-    #[arg(long, env = "CREDENTIAL_AUTHORITY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub tls_handshake_timeout: Duration,
+    /// How long a new connection may take from accept to its first HTTP/2
+    /// SETTINGS frame: the TLS handshake, the client preface and SETTINGS
+    /// under one deadline. Default 10s. `--tls-handshake-timeout` (and
+    /// CREDENTIAL_AUTHORITY_TLS_HANDSHAKE_TIMEOUT) still work.
+    #[arg(long, alias = "tls-handshake-timeout", env = "CREDENTIAL_AUTHORITY_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+
+    /// The old environment variable of `--handshake-timeout`, kept working.
+    #[arg(long = "legacy-tls-handshake-timeout", hide = true, env = "CREDENTIAL_AUTHORITY_TLS_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub legacy_tls_handshake_timeout: Option<Duration>,
+
+    /// How many connections may be open at once, over all listeners,
+    /// TLS handshakes included; more are closed at accept.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// HTTP/2 streams one connection may have open; more are refused with
+    /// REFUSED_STREAM.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_MAX_CONCURRENT_STREAMS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 stream flow-control window: what a client may send on one
+    /// stream before the server reads it.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_STREAM_WINDOW_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub stream_window_bytes: u32,
+
+    /// HTTP/2 connection flow-control window: what a client may send on
+    /// all its streams together before the server reads it.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_CONNECTION_WINDOW_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub connection_window_bytes: u32,
+
+    /// The largest gRPC message, request or response; a larger request
+    /// fails RESOURCE_EXHAUSTED REQUEST_TOO_LARGE (part=message).
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_MAX_MESSAGE_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_message_bytes: u32,
+
+    /// The largest request metadata (header list, counted as HTTP/2 does:
+    /// name + value + 32 per entry); larger fails RESOURCE_EXHAUSTED
+    /// REQUEST_TOO_LARGE (part=metadata). HTTP/2 itself refuses twice this.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_MAX_HEADER_LIST_BYTES", default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub max_header_list_bytes: u32,
+
+    /// How often a connection is PINGed to find a dead peer.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a keepalive PING may go unanswered before the connection
+    /// is closed.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// How long a connection may have no call in flight before the server
+    /// closes it with a GOAWAY (clients reconnect transparently).
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_connection_timeout: Duration,
+
+    /// The server's deadline for every call (Health/Watch apart); a
+    /// client's sooner grpc-timeout wins. Past it the call fails
+    /// DEADLINE_EXCEEDED REQUEST_DEADLINE_EXCEEDED.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Calls in flight over all connections (health apart); when full, new
+    /// calls fail at once with UNAVAILABLE SERVICE_UNAVAILABLE and
+    /// RetryInfo.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_MAX_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
 
     /// Only these user ids may connect to the Unix socket (checked with
     /// SO_PEERCRED, in addition to keys). Comma-separated.
@@ -287,8 +377,47 @@ impl ServeArgs {
                     client_ca: self.tls_client_ca.clone(),
                 },
             ),
-            handshake_timeout: self.tls_handshake_timeout,
+            handshake_timeout: self.handshake_timeout(),
+            max_connections: self.max_connections as usize,
             unix_allowed_uids: self.unix_allowed_uids.clone(),
+        }
+    }
+
+    /// `--handshake-timeout`, or its old environment variable, or 10s.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+            .or(self.legacy_tls_handshake_timeout)
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
+    }
+
+    /// The HTTP/2 part of the settings. h2's own header list limit is twice
+    /// the application's, so that the band between them gets a gRPC status
+    /// and only a header block past it gets h2's 431.
+    pub fn http2_config(&self) -> Http2Config {
+        Http2Config {
+            max_concurrent_streams: self.max_concurrent_streams,
+            stream_window_bytes: self.stream_window_bytes,
+            connection_window_bytes: self.connection_window_bytes,
+            max_header_list_bytes: self.max_header_list_bytes.saturating_mul(2),
+            max_send_buf_bytes: SEND_BUFFER_BYTES,
+            max_pending_accept_reset_streams: PENDING_ACCEPT_RESETS,
+            max_local_error_reset_streams: LOCAL_ERROR_RESETS,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            idle_timeout: self.idle_connection_timeout,
+            idle_drain: self.shutdown_grace,
+        }
+    }
+
+    /// The per-call limits.
+    pub fn guard_config(&self) -> GuardConfig {
+        GuardConfig {
+            max_header_list_bytes: self.max_header_list_bytes as usize,
+            max_message_bytes: self.max_message_bytes as usize,
+            request_timeout: self.request_timeout,
+            max_in_flight: self.max_in_flight as usize,
+            max_health_checks: HEALTH_CHECKS_IN_FLIGHT,
+            max_health_watches: HEALTH_WATCHES_OPEN,
         }
     }
 
@@ -357,6 +486,32 @@ mod tests {
         assert_eq!(args.absolute_lifetime, None);
         assert_eq!(args.tombstone_retention, Duration::from_secs(86_400));
         assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.handshake_timeout(), Duration::from_secs(10));
+        let wire = args.http2_config();
+        assert_eq!(wire.max_concurrent_streams, 64);
+        assert_eq!(wire.stream_window_bytes, 65_536);
+        assert_eq!(wire.connection_window_bytes, 65_536);
+        assert_eq!(wire.max_header_list_bytes, 16_384);
+        assert_eq!(wire.idle_timeout, Duration::from_secs(300));
+        let guard = args.guard_config();
+        assert_eq!(guard.max_header_list_bytes, 8_192);
+        assert_eq!(guard.max_message_bytes, 65_536);
+        assert_eq!(guard.max_in_flight, 4_096);
+        assert_eq!(guard.request_timeout, Duration::from_secs(10));
+        assert_eq!(args.transport_config().max_connections, 1024);
+    }
+
+    /// Catches: the old flag name dropped, so existing deployments fail to
+    /// start or silently lose their timeout.
+    #[test]
+    fn the_old_handshake_flag_still_works() {
+        let old = serve(&["--tls-handshake-timeout", "3s"]);
+        assert_eq!(old.handshake_timeout(), Duration::from_secs(3));
+        let new = serve(&["--handshake-timeout", "4s"]);
+        assert_eq!(
+            new.transport_config().handshake_timeout,
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub enum Failure {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// No such service or method here.
+    #[error("unknown method {rpc}")]
+    UnknownMethod {
+        /// The path asked for, e.g. `/credential_authority.v1.X/Y`.
+        rpc: String,
+    },
     /// The call ran past the per-request deadline.
     #[error("deadline of {deadline:?} exceeded")]
     DeadlineExceeded {
@@ -215,6 +221,7 @@ impl Failure {
             Failure::Limit(Limit::CallerRate { .. }) => "CALLER_MINT_RATE_EXCEEDED",
             Failure::TooLarge { .. } => "REQUEST_TOO_LARGE",
             Failure::DeadlineExceeded { .. } => "REQUEST_DEADLINE_EXCEEDED",
+            Failure::UnknownMethod { .. } => "METHOD_UNKNOWN",
             Failure::CallerUnauthenticated(_) => "CALLER_UNAUTHENTICATED",
             Failure::CallerForbidden(_) => "CALLER_FORBIDDEN",
         }
@@ -234,6 +241,7 @@ impl Failure {
             Failure::Unavailable { .. } => Code::Unavailable,
             Failure::Limit(_) | Failure::TooLarge { .. } => Code::ResourceExhausted,
             Failure::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Failure::UnknownMethod { .. } => Code::Unimplemented,
         }
     }
 
@@ -356,13 +364,21 @@ impl Failure {
                 metadata.insert("part".to_owned(), part.to_owned());
                 metadata.insert("limit".to_owned(), limit.to_string());
                 format!(
-                    "the request {part} is larger than the {limit} bytes this server accepts;                      nothing was done: send a smaller request, retrying it unchanged cannot                      succeed"
+                    "the request {part} is larger than the {limit} bytes this server accepts; nothing was done: send a smaller request, retrying it unchanged cannot succeed"
                 )
+            }
+            Failure::UnknownMethod { rpc } => {
+                let message = format!(
+                    "this server has no method {rpc}; check that the client's proto matches \
+                     this server's version; retrying cannot succeed"
+                );
+                metadata.insert("rpc".to_owned(), rpc);
+                message
             }
             Failure::DeadlineExceeded { deadline } => {
                 metadata.insert("deadline_ms".to_owned(), deadline.as_millis().to_string());
                 format!(
-                    "the call did not finish within its deadline of {}; this says nothing                      about any token. Resolve and the revocations are safe to repeat; a                      repeated Mint may leave an extra credential that dies by its idle timeout",
+                    "the call did not finish within its deadline of {}; this says nothing about any token. Resolve and the revocations are safe to repeat; a repeated Mint may leave an extra credential that dies by its idle timeout",
                     humantime::format_duration(deadline)
                 )
             }
@@ -385,13 +401,13 @@ impl Failure {
 
 /// The message and metadata of a full limit: what it is and what frees room.
 fn limit_message(limit: Limit, metadata: &mut HashMap<String, String>) -> String {
-    const NOT_TRANSIENT: &str = "this is a limit, not a transient fault: retrying at once                                  cannot succeed; no credential was minted";
+    const NOT_TRANSIENT: &str = "this is a limit, not a transient fault: retrying at once cannot succeed; no credential was minted";
     match limit {
         Limit::Thread { thread_id, limit } => {
             metadata.insert("thread_id".to_owned(), thread_id.to_string());
             metadata.insert("limit".to_owned(), limit.to_string());
             format!(
-                "thread {thread_id} already holds its limit of {limit} live credentials; room                  frees when one of them is revoked or dies, or mint with replace_previous;                  {NOT_TRANSIENT}"
+                "thread {thread_id} already holds its limit of {limit} live credentials; room frees when one of them is revoked or dies, or mint with replace_previous; {NOT_TRANSIENT}"
             )
         }
         Limit::Store { budget, limit } => {
@@ -402,14 +418,14 @@ fn limit_message(limit: Limit, metadata: &mut HashMap<String, String>) -> String
                 Budget::Bytes => format!("{limit} bytes of credential ids, scopes and labels"),
             };
             format!(
-                "the authority holds its budget of {what}; room frees as credentials are                  revoked or die, and an operator can raise the budget; {NOT_TRANSIENT}"
+                "the authority holds its budget of {what}; room frees as credentials are revoked or die, and an operator can raise the budget; {NOT_TRANSIENT}"
             )
         }
         Limit::CallerLive { caller, limit } => {
             metadata.insert("caller".to_owned(), caller.to_string());
             metadata.insert("limit".to_owned(), limit.to_string());
             format!(
-                "caller {caller} already holds its quota of {limit} live credentials (the                  callers file's max_live_credentials); room frees as its credentials are                  revoked or die; {NOT_TRANSIENT}"
+                "caller {caller} already holds its quota of {limit} live credentials (the callers file's max_live_credentials); room frees as its credentials are revoked or die; {NOT_TRANSIENT}"
             )
         }
         Limit::CallerRate {
@@ -421,7 +437,7 @@ fn limit_message(limit: Limit, metadata: &mut HashMap<String, String>) -> String
             metadata.insert("per_second".to_owned(), per_second.to_string());
             metadata.insert("burst".to_owned(), burst.to_string());
             format!(
-                "caller {caller} mints faster than its quota of {per_second} per second                  (burst {burst}, the callers file's mint_rate); room frees at that rate, so                  a Mint sent later may succeed; no credential was minted"
+                "caller {caller} mints faster than its quota of {per_second} per second (burst {burst}, the callers file's mint_rate); room frees at that rate, so a Mint sent later may succeed; no credential was minted"
             )
         }
     }

@@ -8,7 +8,9 @@
 //! request checking, [`error`] typed failures, [`service`] the gRPC service,
 //! [`request_id`] per-call ids, [`config`] the command line, [`telemetry`]
 //! logging, [`audit`] the audit trail, [`transport`] the TCP, TLS and Unix
-//! listeners, [`undecodable`] the answer to a body tonic cannot decode, and [`server`] the wiring that `main` and the tests share.
+//! listeners and the HTTP/2 connection loop, [`guard`] the per-call limits
+//! (metadata size, calls in flight, deadline), and [`server`] the wiring
+//! that `main` and the tests share.
 
 pub mod allocator;
 pub mod audit;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod request_id;
 pub mod server;
 pub mod service;
@@ -26,7 +29,6 @@ pub mod store;
 pub mod telemetry;
 pub mod token;
 pub mod transport;
-pub mod undecodable;
 pub mod validate;
 
 /// The generated contract (`proto/`), with the descriptor set served by

@@ -46,6 +46,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         absolute_lifetime = %args.absolute_lifetime.map_or("off".into(), |d| humantime::format_duration(d).to_string()),
         "lifetimes"
     );
+    let (wire, guard) = (args.http2_config(), args.guard_config());
+    tracing::info!(
+        max_connections = args.max_connections,
+        handshake_timeout = %humantime::format_duration(args.handshake_timeout()),
+        max_concurrent_streams = wire.max_concurrent_streams,
+        max_in_flight = guard.max_in_flight,
+        max_message_bytes = guard.max_message_bytes,
+        max_header_list_bytes = guard.max_header_list_bytes,
+        request_timeout = %humantime::format_duration(guard.request_timeout),
+        idle_connection_timeout = %humantime::format_duration(wire.idle_timeout),
+        "wire limits"
+    );
     for bound in transport.bound() {
         tracing::info!(
             addr = %bound.addr,
@@ -60,6 +72,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         callers,
         audit: args.audit_config(),
         reflection: !args.disable_reflection,
+        http2: args.http2_config(),
+        guard: args.guard_config(),
     };
     server::run(
         transport,

@@ -9,20 +9,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
 
 use crate::audit::{AuditConfig, AuditError, AuditLog};
 use crate::auth::file::CallersFileError;
 use crate::auth::{file, Authenticator, CallerSet};
 use crate::clock::Clock;
+use crate::guard::{GuardConfig, GuardLayer};
 use crate::pb;
 use crate::pb::credential_authority_server::CredentialAuthorityServer;
 use crate::request_id::RequestIdLayer;
 use crate::service::AuthorityService;
 use crate::store::{Store, StoreConfig};
-use crate::transport::{TlsReloader, Transport};
-use crate::undecodable::DecodeFailures;
+use crate::transport::http2::{self, Http2Config};
+use crate::transport::{PeerInfo, TlsReloader, Transport};
 
 /// The fully qualified name of the authority service, as health reports it.
 pub const SERVICE_NAME: &str = "credential_authority.v1.CredentialAuthority";
@@ -49,14 +51,15 @@ pub struct ServerSettings {
     pub audit: AuditConfig,
     /// Whether server reflection is served.
     pub reflection: bool,
+    /// The HTTP/2 settings of every connection.
+    pub http2: Http2Config,
+    /// The per-call limits: metadata size, calls in flight, deadline.
+    pub guard: GuardConfig,
 }
 
 /// Why the server stopped abnormally, or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The transport failed.
-    #[error("transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// The reflection service could not be built from the descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -69,8 +72,8 @@ pub enum ServerError {
 }
 
 /// Serves on `transport` until `shutdown` completes, then drains: health
-/// goes NOT_SERVING, new calls are refused with UNAVAILABLE, and in-flight
-/// calls get `shutdown_grace` to finish. Each item of `reloads` (SIGHUP in
+/// goes NOT_SERVING, every connection gets a GOAWAY, new calls are refused
+/// with UNAVAILABLE, and in-flight calls get `shutdown_grace` to finish. Each item of `reloads` (SIGHUP in
 /// `main`) re-reads the callers file, the TLS certificate and key, and
 /// reopens the audit file; what fails to load is logged and the previous
 /// version stays in force. Returns `Ok` after a clean or graceful stop.
@@ -129,25 +132,39 @@ pub async fn run(
     let _sockets = incoming.socket_cleanup();
 
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut router = Server::builder()
-        .layer(RequestIdLayer)
-        .add_service(health_service);
+    let max_message = settings.guard.max_message_bytes;
+    let mut routes = Routes::builder();
+    routes.add_service(health_service.max_decoding_message_size(max_message));
     if settings.reflection {
-        router = router
-            .add_service(reflection_builder().build_v1()?)
-            .add_service(reflection_builder().build_v1alpha()?);
+        // Only requests are limited: reflection answers with our own
+        // descriptors, which may be larger than any request should be.
+        routes
+            .add_service(
+                reflection_builder()
+                    .build_v1()?
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                reflection_builder()
+                    .build_v1alpha()?
+                    .max_decoding_message_size(max_message),
+            );
     }
-    let serving = router
-        .add_service(authority_routes(authority))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        });
+    routes.add_service(authority_server(authority, max_message));
+    let routes = routes.routes().prepare();
+    let guard = GuardLayer::new(settings.guard.clone());
+    // One stack per connection, over the shared routes and pools.
+    let stack = move |_: &PeerInfo| call_stack(&guard, routes.clone());
+    let serving = http2::serve(incoming, settings.http2.clone(), stack, async {
+        let _ = stopped.await;
+    });
     tokio::pin!(serving);
 
     tokio::select! {
-        result = &mut serving => {
+        () = &mut serving => {
+            // Only if every accept task ended, which they do not on their own.
             reloading.abort();
-            return result.map_err(Into::into);
+            return Ok(());
         }
         () = shutdown => {}
     }
@@ -162,21 +179,38 @@ pub async fn run(
         .await;
     draining.store(true, Ordering::Release);
     let _ = stop_accepting.send(());
-    match tokio::time::timeout(settings.shutdown_grace, serving).await {
-        Ok(result) => result?,
-        Err(_) => tracing::warn!("grace period over with calls still in flight; exiting anyway"),
+    if tokio::time::timeout(settings.shutdown_grace, serving)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with calls still in flight; exiting anyway");
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The authority's routes as the server serves them: the generated server,
-/// with tonic's decoding refusals answered as typed failures. One function,
-/// so the in-process fuzz target (`fuzzing::rpc_bodies`) runs this stack.
-pub fn authority_routes(
+/// The authority as the routes hold it: requests and responses limited to
+/// `max_message` bytes. Public, with [`call_stack`], so the in-process fuzz
+/// target (`fuzzing::rpc_bodies`) runs what the server runs.
+pub fn authority_server(
     authority: AuthorityService,
-) -> DecodeFailures<CredentialAuthorityServer<AuthorityService>> {
-    DecodeFailures::new(CredentialAuthorityServer::new(authority))
+    max_message: usize,
+) -> CredentialAuthorityServer<AuthorityService> {
+    CredentialAuthorityServer::new(authority)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
+}
+
+/// What every call passes through before its route: the request id, then
+/// the guard's limits and rewrites.
+pub fn call_stack<S>(
+    guard: &GuardLayer,
+    routes: S,
+) -> crate::request_id::RequestIdService<crate::guard::Guard<S>> {
+    ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(guard.clone())
+        .service(routes)
 }
 
 /// What a reload refreshes.

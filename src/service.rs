@@ -12,10 +12,12 @@ use tonic::{Request, Response, Status};
 use crate::audit::{AuditEvent, AuditLog, PeerKey};
 use crate::auth::{AuthFailure, Authenticator, Principal, Role};
 use crate::clock::Millis;
-use crate::error::{Failure, Forbidden};
+use crate::error::{Failure, Forbidden, Limit};
 use crate::pb;
 use crate::request_id::RequestId;
-use crate::store::{NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig};
+use crate::store::{
+    NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig, ThreadTouch,
+};
 use crate::token::{self, CredentialId, Token};
 use crate::transport::{Peer, PeerInfo};
 use crate::validate::{FieldViolation, Violations};
@@ -313,6 +315,16 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             let scopes = violations.scopes(&request.scopes);
             let labels = violations.labels(&request.labels);
             violations.into_result(())?;
+            // After validation, so a malformed request spends no allowance;
+            // before the store, so a refused Mint costs it nothing.
+            if !caller.quota.try_mint(self.store.now()) {
+                let rate = caller.quota.mint_rate;
+                return Err(Failure::Limit(Limit::CallerRate {
+                    caller: caller.name.clone(),
+                    per_second: rate.per_second,
+                    burst: rate.burst,
+                }));
+            }
             let new = NewCredential {
                 thread_id: thread_id.unwrap_or_default(),
                 provider_instance_id: provider_instance_id.unwrap_or_default(),
@@ -324,7 +336,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 labels,
                 minted_by: &caller.name,
                 reach: reach(caller),
-                owner_quota: None,
+                owner_quota: Some(caller.quota.max_live_credentials),
             };
             let token = Token::generate();
             let minted = self
@@ -524,14 +536,20 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     violations.into_result(())?;
                     target_id = id;
                     let id = id.expect("validated");
-                    vec![self
+                    let one = self
                         .store
                         .touch_credential(&id, reach(caller))
-                        .map_err(Failure::for_owner)?]
+                        .map_err(Failure::for_owner)?;
+                    ThreadTouch {
+                        touched: vec![one],
+                        total: 1,
+                    }
                 }
                 Some(Target::ThreadId(thread_id)) => {
                     let thread_id = violations.id("thread_id", thread_id, true);
                     violations.into_result(())?;
+                    // Every live credential is renewed; the reply lists at
+                    // most the store's touch_reply_limit and says how many.
                     self.store
                         .touch_thread(thread_id.unwrap_or_default(), reach(caller))
                         .map_err(Failure::for_owner)?
@@ -544,8 +562,9 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 }
             };
             Ok(pb::TouchResponse {
-                total: touched.len() as u64,
+                total: touched.total,
                 credentials: touched
+                    .touched
                     .into_iter()
                     .map(|t| pb::TouchedCredential {
                         credential_id: t.credential_id.to_string(),

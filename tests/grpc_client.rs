@@ -200,7 +200,7 @@ async fn every_resolve_failure_reason() {
         String::from_utf8(typo).unwrap(),
         good.token.replacen("mcpca_", "mcpcx_", 1),
         format!("{} ", good.token),
-        "x".repeat(100_000),
+        "x".repeat(60_000), // under --max-message-bytes (64 KiB); larger is REQUEST_TOO_LARGE (tests/wire_limits.rs)
     ] {
         let metadata = assert_dead(resolve(&mut client, &garbage).await, "TOKEN_MALFORMED");
         assert!(!metadata.contains_key("credential_id"));

@@ -202,7 +202,7 @@ fn concurrent_rotations_leave_exactly_one_live_credential() {
         4 * 500 - 1,
         "each rotation replaced exactly its predecessor"
     );
-    assert_eq!(store.touch_thread("t", Reach::All).unwrap().len(), 1);
+    assert_eq!(store.touch_thread("t", Reach::All).unwrap().total, 1);
     assert_eq!(store.revoke_thread("t", Reach::All).revoked, 1);
 }
 
@@ -240,7 +240,7 @@ fn touch_by_thread_renews_every_live_credential_of_the_thread() {
     let (other, _) = mint(&store, "other", "claude-1");
     clock.advance(20 * MINUTE);
     let touched = store.touch_thread("t", Reach::All).unwrap();
-    let mut ids: Vec<_> = touched.iter().map(|t| t.credential_id).collect();
+    let mut ids: Vec<_> = touched.touched.iter().map(|t| t.credential_id).collect();
     ids.sort_by_key(|id| id.to_string());
     let mut expected = vec![a_id, b_id];
     expected.sort_by_key(|id| id.to_string());

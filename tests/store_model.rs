@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use credential_authority::clock::FakeClock;
 use credential_authority::store::{
-    DeathReason, NewCredential, Reach, Rejection, RevocationCause, RevokeAllTarget, Store,
+    Budget, DeathReason, NewCredential, Reach, Rejection, RevocationCause, RevokeAllTarget, Store,
     StoreConfig,
 };
 use credential_authority::token::{CredentialId, Token, TokenDigest};
@@ -42,9 +42,11 @@ struct Modeled {
     owner: usize,
     /// `None` while live, else the revocation that ended it first.
     dead: Option<RevocationCause>,
+    /// What it costs the byte budget: thread id, instance id and scopes.
+    bytes: u64,
     /// Whether its record is still held: RevokeThread, RevokeCredential and
-    /// a replacement remove it at once, RevokeAll leaves it to the sweeper
-    /// (which never reaches it here before the end).
+    /// a replacement remove it at once, RevokeAll leaves it to the sweep's
+    /// reclaim pass.
     present: bool,
 }
 
@@ -109,11 +111,32 @@ fn check_dead(result: Result<impl std::fmt::Debug, Rejection>, m: &Modeled, cont
     }
 }
 
-fn run(seed: u64, steps: usize) {
+/// The limits a run enforces; `None` for the store's defaults, which the
+/// runs never reach.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_thread: u64,
+    credentials: u64,
+    bytes: u64,
+    /// The adapters' quota (the administrator has none).
+    quota: u64,
+}
+
+fn run(seed: u64, steps: usize, limits: Option<Limits>) {
     let clock = FakeClock::new(START);
-    let store = Store::new(StoreConfig::default(), Arc::new(clock.clone()));
+    let mut config = StoreConfig::default();
+    if let Some(limits) = limits {
+        config.max_credentials_per_thread = limits.per_thread;
+        config.max_credentials = limits.credentials;
+        config.max_credential_bytes = limits.bytes;
+        config.touch_reply_limit = 2;
+    }
+    let store = Store::new(config.clone(), Arc::new(clock.clone()));
+    let quota = |actor: usize| limits.filter(|_| actor != ADMIN).map(|l| l.quota);
     let mut rng = Rng(seed);
     let mut model: Vec<Modeled> = Vec::new();
+    // Mints refused by each limit: thread, quota, credentials, bytes.
+    let mut refused = [0u32; 4];
     const THREADS: usize = 24;
     const INSTANCES: usize = 2 * ACTORS.len();
     for step in 0..steps {
@@ -137,14 +160,20 @@ fn run(seed: u64, steps: usize) {
                 let replace = rng.below(4) == 0;
                 let digest = Token::generate().digest();
                 let (thread_id, instance_id) = (thread_name(thread), instance_name(instance));
+                let scopes: Vec<Box<str>> = (0..rng.below(4))
+                    .map(|s| format!("scope-{s}").into_boxed_str())
+                    .collect();
+                let bytes = (thread_id.len() + instance_id.len() + 7 * scopes.len()) as u64;
                 let minted = store.mint(
                     digest,
                     NewCredential {
                         thread_id: &thread_id,
                         provider_instance_id: &instance_id,
                         replace_previous: replace,
+                        scopes: scopes.into(),
                         minted_by: ACTORS[actor],
                         reach: reach(actor),
+                        owner_quota: quota(actor),
                         ..NewCredential::default()
                     },
                 );
@@ -167,14 +196,80 @@ fn run(seed: u64, steps: usize) {
                     assert!(is_not_owned(&minted), "{context}: {minted:?}");
                     continue;
                 }
-                let mut replaced = 0;
-                for m in model.iter_mut().filter(|m| {
+                let replaces = |m: &Modeled| {
                     replace
                         && m.present
                         && m.thread == thread
                         && m.instance == instance
                         && m.within(actor)
-                }) {
+                };
+                // The limits, counted after the replacement. A thread found
+                // full first loses its dead records (which no call sees).
+                let kept_on_thread = |model: &[Modeled]| {
+                    model
+                        .iter()
+                        .filter(|m| m.present && m.thread == thread && !replaces(m))
+                        .count() as u64
+                };
+                let refusal = limits.and_then(|limits| {
+                    if kept_on_thread(&model) >= limits.per_thread {
+                        for m in model
+                            .iter_mut()
+                            .filter(|m| m.present && m.thread == thread && !m.live())
+                            .filter(|m| !replaces(m))
+                        {
+                            m.present = false;
+                        }
+                        if kept_on_thread(&model) >= limits.per_thread {
+                            return Some(Rejection::ThreadLimit {
+                                limit: limits.per_thread,
+                            });
+                        }
+                    }
+                    if let Some(quota) = quota(actor) {
+                        let owned = model
+                            .iter()
+                            .filter(|m| m.present && m.live() && m.owner == actor && !replaces(m))
+                            .count() as u64;
+                        if owned >= quota {
+                            return Some(Rejection::OwnerQuota { limit: quota });
+                        }
+                    }
+                    let held = model.iter().filter(|m| m.present && !replaces(m));
+                    if held.clone().count() as u64 >= limits.credentials {
+                        return Some(Rejection::StoreBudget {
+                            budget: Budget::Credentials,
+                            limit: limits.credentials,
+                        });
+                    }
+                    if held.map(|m| m.bytes).sum::<u64>() + bytes > limits.bytes {
+                        return Some(Rejection::StoreBudget {
+                            budget: Budget::Bytes,
+                            limit: limits.bytes,
+                        });
+                    }
+                    None
+                });
+                if let Some(expected) = refusal {
+                    match &minted {
+                        Err(got) => {
+                            assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{context}")
+                        }
+                        Ok(_) => panic!("{context}: minted, the model says {expected:?}"),
+                    }
+                    refused[match expected {
+                        Rejection::ThreadLimit { .. } => 0,
+                        Rejection::OwnerQuota { .. } => 1,
+                        Rejection::StoreBudget {
+                            budget: Budget::Credentials,
+                            ..
+                        } => 2,
+                        _ => 3,
+                    }] += 1;
+                    continue;
+                }
+                let mut replaced = 0;
+                for m in model.iter_mut().filter(|m| replaces(m)) {
                     replaced += u64::from(m.live());
                     m.remove(RevocationCause::Replaced);
                 }
@@ -187,6 +282,7 @@ fn run(seed: u64, steps: usize) {
                     instance,
                     owner: actor,
                     dead: None,
+                    bytes,
                     present: true,
                 });
             }
@@ -251,9 +347,16 @@ fn run(seed: u64, steps: usize) {
                 match touched {
                     Ok(touched) => {
                         let got: HashSet<CredentialId> =
-                            touched.iter().map(|t| t.credential_id).collect();
-                        assert_eq!(got, expected, "{context}");
-                        assert_eq!(got.len(), touched.len(), "{context}: duplicates");
+                            touched.touched.iter().map(|t| t.credential_id).collect();
+                        assert_eq!(got.len(), touched.touched.len(), "{context}: duplicates");
+                        assert_eq!(touched.total, expected.len() as u64, "{context}");
+                        // The oldest first, as many as the reply may list.
+                        let oldest: HashSet<CredentialId> = on_thread()
+                            .filter(|m| m.within(actor))
+                            .take(config.touch_reply_limit)
+                            .map(|m| m.id)
+                            .collect();
+                        assert_eq!(got, oldest, "{context}");
                     }
                     Err(Rejection::NotOwned { .. }) => {
                         assert!(expected.is_empty(), "{context}");
@@ -305,9 +408,25 @@ fn run(seed: u64, steps: usize) {
                 assert_eq!(revoked, expected, "{context}");
             }
             _ => {
+                // The sweep reclaims what RevokeAll killed.
                 store.sweep();
+                for m in model.iter_mut().filter(|m| !m.live()) {
+                    m.present = false;
+                }
             }
         }
+        if step % 50 == 0 {
+            store.check_invariants().expect(&context);
+            let present = model.iter().filter(|m| m.present).count();
+            assert_eq!(store.record_count(), present, "{context}");
+        }
+    }
+    store.check_invariants().expect("at the end");
+    if limits.is_some() {
+        assert!(
+            refused.iter().all(|&n| n > 0),
+            "seed {seed}: every limit refused some Mint: {refused:?}"
+        );
     }
     // Every credential answers as the model says, reason and cause included.
     for m in &model {
@@ -335,6 +454,27 @@ fn run(seed: u64, steps: usize) {
 #[test]
 fn random_call_sequences_agree_with_the_model() {
     for seed in 1..=12u64 {
-        run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), 6_000);
+        run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), 6_000, None);
+    }
+}
+
+/// The same with small limits, which the random calls keep reaching: each
+/// refusal (thread, quota, credentials, bytes) is the model's, in its order,
+/// and a refused Mint changes nothing the model can see, so every later
+/// count still agrees.
+#[test]
+fn random_call_sequences_agree_with_the_model_at_the_limits() {
+    let limits = Limits {
+        per_thread: 4,
+        credentials: 48,
+        bytes: 48 * 56,
+        quota: 10,
+    };
+    for seed in 1..=12u64 {
+        run(
+            seed.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            6_000,
+            Some(limits),
+        );
     }
 }

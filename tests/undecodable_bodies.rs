@@ -103,5 +103,5 @@ async fn undecodable_bodies_get_typed_answers() {
         status.get_error_details().error_info().unwrap().metadata["part"],
         "message"
     );
-    server.wait_for_log("rpc refused before its handler");
+    server.wait_for_log("call refused by the server's limits");
 }

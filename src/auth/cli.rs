@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use super::file::{self, CallersFile, CallersFileError, Role};
 use super::key::CallerKey;
+use super::quota::CallerQuota;
 use crate::state_dir::{self, euid, parent_dir, StateDirError, CALLERS_FILE};
 
 /// The `callers` subcommand: what to do, and which file to do it to.
@@ -279,7 +280,7 @@ fn show_key(
     })
 }
 
-/// One row per caller: name, roles, key ids, SANs (`URI:`/`DNS:` as
+/// One row per caller: name, roles, key ids, quotas in force, SANs (`URI:`/`DNS:` as
 /// certificates show them). Never a key or a digest.
 fn list(file: &CallersFile, out: &mut dyn Write) -> io::Result<()> {
     if file.callers.is_empty() {
@@ -295,8 +296,14 @@ fn list(file: &CallersFile, out: &mut dyn Write) -> io::Result<()> {
             items.join(",")
         }
     };
-    let mut rows = vec![["NAME", "ROLES", "KEY IDS", "SANS"].map(str::to_owned)];
+    let mut rows = vec![["NAME", "ROLES", "KEY IDS", "QUOTA", "SANS"].map(str::to_owned)];
     for caller in &file.callers {
+        // What is in force, defaults included, so nobody has to work it out.
+        let quota = CallerQuota::new(file.quota_of(caller));
+        let quota = format!(
+            "{} live, {}/s burst {}",
+            quota.max_live_credentials, quota.mint_rate.per_second, quota.mint_rate.burst
+        );
         let sans = caller.uri_sans.iter().map(|san| format!("URI:{san}"));
         let sans = sans.chain(caller.dns_sans.iter().map(|san| format!("DNS:{san}")));
         rows.push([
@@ -309,22 +316,25 @@ fn list(file: &CallersFile, out: &mut dyn Write) -> io::Result<()> {
                     .collect(),
             ),
             join(caller.keys.iter().map(|key| key.id.clone()).collect()),
+            quota,
             join(sans.collect()),
         ]);
     }
-    let widths: Vec<usize> = (0..3)
+    let widths: Vec<usize> = (0..4)
         .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
         .collect();
     for row in rows {
         let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
             row[0],
             row[1],
             row[2],
             row[3],
+            row[4],
             w0 = widths[0],
             w1 = widths[1],
-            w2 = widths[2]
+            w2 = widths[2],
+            w3 = widths[3]
         );
         writeln!(out, "{}", line.trim_end())?;
     }

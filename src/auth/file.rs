@@ -37,6 +37,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::key::KeyDigest;
+use super::quota::QuotaSpec;
 use crate::state_dir::euid;
 use crate::token::{CALLER_KEY_PREFIX, TOKEN_PREFIX};
 
@@ -100,6 +101,8 @@ pub struct CallersFile {
     /// The callers, in file order; names, key ids, digests and SANs are
     /// unique across the file.
     pub callers: Vec<CallerEntry>,
+    /// The `[defaults]` quotas, for callers that set none of their own.
+    pub defaults: QuotaSpec,
 }
 
 /// One caller. It has at least one key or one SAN, so it can authenticate.
@@ -116,6 +119,16 @@ pub struct CallerEntry {
     /// Client-certificate DNS SANs that identify it, lowercased (DNS names
     /// compare without case).
     pub dns_sans: Vec<String>,
+    /// Its own quotas, as written; unset fields take the file's defaults.
+    pub quota: QuotaSpec,
+}
+
+impl CallersFile {
+    /// The quotas `caller` gets: its own, then the file's `[defaults]`;
+    /// the built-in defaults fill what both leave unset.
+    pub fn quota_of(&self, caller: &CallerEntry) -> QuotaSpec {
+        caller.quota.or(self.defaults)
+    }
 }
 
 /// One key of a caller.
@@ -249,6 +262,8 @@ struct RawFile {
     /// a valid (if useless) file, so a fresh one can start empty.
     #[serde(default)]
     caller: Vec<Spanned<RawCaller>>,
+    /// Quotas for every caller that sets none of its own.
+    defaults: Option<Spanned<quota::RawQuota>>,
 }
 
 /// One `[[caller]]` as written. Unknown fields are refused, so a typo such
@@ -273,6 +288,10 @@ struct RawCaller {
     /// may authenticate by certificate alone.
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
+    /// Overrides `[defaults]`; checked by [`quota::check`].
+    max_live_credentials: Option<Spanned<i64>>,
+    /// Overrides `[defaults]`; checked by [`quota::check`].
+    mint_rate: Option<Spanned<quota::RawRate>>,
 }
 
 /// One `[[caller.key]]` as written; both fields optional so a missing one
@@ -525,6 +544,9 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
                 uri_sans.push(value)
             }
         }
+        let quota = quota::check(raw_caller.max_live_credentials, raw_caller.mint_rate).map_err(
+            |(span, message)| invalid(text, Some(span), format!("caller `{name}`: {message}")),
+        )?;
         if keys.is_empty() && uri_sans.is_empty() && dns_sans.is_empty() {
             refuse!(name_span, name, "no key and no SAN, so it could never authenticate: add a [[caller.key]] (`callers add-key`) or uri_sans/dns_sans");
         }
@@ -534,9 +556,19 @@ pub fn parse(text: &str) -> Result<CallersFile, CallersFileError> {
             keys,
             uri_sans,
             dns_sans,
+            quota,
         });
     }
-    Ok(CallersFile { callers })
+    let defaults = match raw.defaults {
+        None => QuotaSpec::default(),
+        Some(defaults) => {
+            let defaults = defaults.into_inner();
+            quota::check(defaults.max_live_credentials, defaults.mint_rate).map_err(
+                |(span, message)| invalid(text, Some(span), format!("[defaults]: {message}")),
+            )?
+        }
+    };
+    Ok(CallersFile { callers, defaults })
 }
 
 /// Reads and parses the file at `path`; errors name the path.
@@ -732,6 +764,7 @@ pub fn new_key_id() -> String {
 }
 
 mod edit;
+mod quota;
 pub use edit::{add_caller, add_key, remove_key};
 
 #[cfg(test)]

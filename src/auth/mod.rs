@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod file;
 pub mod key;
+pub mod quota;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use nohash_hasher::BuildNoHashHasher;
 use file::CallersFile;
 pub use file::Role;
 use key::{KeyDigest, MalformedKey};
+use quota::CallerQuota;
 
 use crate::transport::ClientSan;
 
@@ -65,6 +67,8 @@ pub struct Principal {
     /// The non-secret id of the key it presented, for logs and audit lines;
     /// `None` when a client certificate alone named it.
     pub key_id: Option<Box<str>>,
+    /// Its quotas, shared by all its keys and certificates.
+    pub quota: Arc<CallerQuota>,
 }
 
 /// Why a call's caller is not authenticated. Every message says what to
@@ -119,6 +123,7 @@ impl CallerSet {
         for caller in &file.callers {
             let name: Arc<str> = Arc::from(caller.name.as_str());
             let roles = Roles::of(&caller.roles);
+            let quota = Arc::new(CallerQuota::new(file.quota_of(caller)));
             for key in &caller.keys {
                 set.by_key.insert(
                     key.digest,
@@ -126,6 +131,7 @@ impl CallerSet {
                         name: name.clone(),
                         roles,
                         key_id: Some(key.id.as_str().into()),
+                        quota: quota.clone(),
                     }),
                 );
             }
@@ -133,6 +139,7 @@ impl CallerSet {
                 name: name.clone(),
                 roles,
                 key_id: None,
+                quota,
             });
             let sans = (caller.uri_sans.iter().cloned().map(ClientSan::Uri))
                 .chain(caller.dns_sans.iter().cloned().map(ClientSan::Dns));
@@ -224,6 +231,7 @@ impl Authenticator {
                 name: Arc::from(INSECURE_CALLER),
                 roles: Roles::of(&[Role::Admin]),
                 key_id: None,
+                quota: Arc::new(CallerQuota::unlimited()),
             }))),
         }
     }
@@ -270,6 +278,7 @@ mod tests {
             }],
             uri_sans: sans.iter().map(|s| s.to_string()).collect(),
             dns_sans: Vec::new(),
+            quota: Default::default(),
         }
     }
 
@@ -303,6 +312,7 @@ mod tests {
                 entry("adapter-a", &[Role::Mint], &a, &["spiffe://t/a"]),
                 entry("host", &[Role::Resolve], &b, &[]),
             ],
+            ..CallersFile::default()
         });
         assert_eq!(set.counts(), (2, 2));
         let found = set.authenticate(Some(&bearer(&a)), &[]).unwrap();
@@ -330,6 +340,7 @@ mod tests {
                 entry("adapter-a", &[Role::Mint], &a, &["spiffe://t/a"]),
                 entry("host", &[Role::Resolve], &b, &["spiffe://t/host"]),
             ],
+            ..CallersFile::default()
         });
         let two = [
             ClientSan::Uri("spiffe://t/a".into()),
@@ -356,6 +367,7 @@ mod tests {
         let key = CallerKey::generate().unwrap();
         let set = CallerSet::from_file(&CallersFile {
             callers: vec![entry("a", &[Role::Mint], &key, &[])],
+            ..CallersFile::default()
         });
         let refuse = |value: &[u8]| set.authenticate(Some(value), &[]).unwrap_err();
         assert_eq!(
@@ -389,10 +401,12 @@ mod tests {
         );
         let auth = Authenticator::new(CallerSet::from_file(&CallersFile {
             callers: vec![entry("a", &[Role::Mint], &old, &[])],
+            ..CallersFile::default()
         }));
         assert!(auth.authenticate(Some(&bearer(&old)), &[]).is_ok());
         assert!(auth.replace(CallerSet::from_file(&CallersFile {
             callers: vec![entry("a", &[Role::Mint], &new, &[])],
+            ..CallersFile::default()
         })));
         assert_eq!(
             auth.authenticate(Some(&bearer(&old)), &[]).unwrap_err(),

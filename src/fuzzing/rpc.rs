@@ -5,22 +5,24 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
+use clap::Parser as _;
 use http_body_util::{BodyExt as _, Full};
 use prost::Message as _;
 use tonic::codegen::Bytes;
 use tonic::Code;
 use tonic_types::StatusExt as _;
-use tower::{Layer as _, ServiceExt as _};
+use tower::ServiceExt as _;
 
 use crate::audit::{AuditConfig, AuditFailureMode, AuditLog, AuditSink};
 use crate::auth::Authenticator;
 use crate::clock::FakeClock;
+use crate::config::{Cli, Command, ServeArgs};
 use crate::error::DOMAIN;
+use crate::guard::GuardLayer;
 use crate::pb;
-use crate::request_id::RequestIdLayer;
-use crate::server::{authority_routes, SERVICE_NAME};
+use crate::server::{authority_server, call_stack, SERVICE_NAME};
 use crate::service::AuthorityService;
-use crate::store::{Store, StoreConfig};
+use crate::store::Store;
 use crate::token::{self, CredentialId};
 
 /// Every RPC, Mint first so that the calls after it meet a store that may
@@ -46,6 +48,28 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The server's settings when started with no flags but
+/// `--insecure-no-caller-auth`: its default limits, read from the same
+/// command line parser.
+fn settings() -> &'static ServeArgs {
+    static SETTINGS: OnceLock<ServeArgs> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let cli =
+            Cli::try_parse_from(["credential-authority", "serve", "--insecure-no-caller-auth"])
+                .expect("the default settings parse");
+        match cli.command {
+            Command::Serve(args) => *args,
+            Command::Callers(_) => unreachable!("parsed as serve"),
+        }
+    })
+}
+
+/// The guard's pools, shared by every input as by every connection.
+fn guard() -> &'static GuardLayer {
+    static GUARD: OnceLock<GuardLayer> = OnceLock::new();
+    GUARD.get_or_init(|| GuardLayer::new(settings().guard_config()))
+}
+
 /// One audit trail per process, written to `/dev/null`: the service writes
 /// its lines as in production, and the fuzzer's disk stays empty.
 fn audit() -> &'static AuditLog {
@@ -68,7 +92,7 @@ fn audit() -> &'static AuditLog {
 
 /// Sends the input as the body of every RPC, as it came and inside one
 /// well-formed gRPC frame, to the service as the server stacks it (request
-/// ids, [`authority_routes`], the authority in insecure mode, as an admin,
+/// ids, the guard's limits and rewrites, the authority in insecure mode, as an admin,
 /// on a fresh store and a fake clock). Checks that nothing panics, that no
 /// answer is UNKNOWN or INTERNAL, that every failure carries a
 /// `google.rpc.Status` whose ErrorInfo is of this service's domain (and an
@@ -80,15 +104,19 @@ pub fn rpc_bodies(data: &[u8]) {
     framed.extend_from_slice(&(data.len() as u32).to_be_bytes());
     framed.extend_from_slice(data);
     let clock = Arc::new(FakeClock::new(1_800_000_000_000));
-    let store = Store::new(StoreConfig::default(), clock);
+    let limits = settings().store_config();
+    let store = Store::new(limits.clone(), clock);
     let authority = AuthorityService::new(
         store,
-        StoreConfig::default(),
+        limits,
         Arc::new(AtomicBool::new(false)),
         Authenticator::insecure(),
         audit().clone(),
     );
-    let service = RequestIdLayer.layer(authority_routes(authority));
+    let max_message = settings().guard_config().max_message_bytes;
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(authority_server(authority, max_message));
+    let service = call_stack(guard(), routes.routes().prepare());
     runtime().block_on(async {
         for rpc in RPCS {
             for body in [data, &framed[..]] {

@@ -33,6 +33,7 @@
 //! a token: it is keyed by [`TokenDigest`].
 
 mod index;
+mod mint;
 mod owner_calls;
 mod record;
 mod revocation;
@@ -42,9 +43,8 @@ mod threads;
 mod tombstones;
 mod types;
 
-use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +56,9 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, Millis};
 use crate::token::{CredentialId, TokenDigest};
 use record::{Class, Record};
-use revocation::{InstanceTaken, Revocations};
+use revocation::Revocations;
 use slab::{shard_of_digest, Handle, RecordShard, SlotKey};
-use sweeper::Deadline;
+use sweeper::Reclaim;
 pub use sweeper::{SweepReport, SweeperGuard};
 use threads::ThreadShard;
 use tombstones::{Retention, ThreadTombstones, Tombstones};
@@ -96,6 +96,10 @@ struct Shared {
     thread_tombstones: ThreadTombstones,
     /// Where the next sweep batch starts, so every shard gets its turn.
     sweep_cursor: AtomicUsize,
+    /// What the held records cost the store's budgets.
+    held: Held,
+    /// Background removal of what RevokeAll killed (see [`sweeper`]).
+    reclaim: Reclaim,
     /// When the sweeper will next wake on its own; Mint wakes it earlier only
     /// when it queues an earlier deadline.
     sweeper_wakes_at: AtomicU64,
@@ -103,12 +107,44 @@ struct Shared {
     shutdown: AtomicBool,
 }
 
-/// The store's lifetimes in milliseconds.
+/// The store's lifetimes in milliseconds, and its size limits (see
+/// [`StoreConfig`]).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     idle_timeout: Millis,
     max_lifetime: Millis,
     absolute_lifetime: Option<Millis>,
+    max_credentials_per_thread: u64,
+    max_credentials: u64,
+    max_credential_bytes: u64,
+    touch_reply_limit: usize,
+}
+
+/// What the records held cost, against [`StoreConfig::max_credentials`] and
+/// [`StoreConfig::max_credential_bytes`].
+///
+/// The budgets protect memory, so they count records actually held, live
+/// or dead but not yet removed, not a liveness that revocation makes lazy:
+/// Mint takes a record's place (see [`Shared::reserve`]) and the record
+/// gives it back in [`Shared::retire`], the one place a record leaves its
+/// shard, whatever removes it (the sweeper, a revocation, a replacement, a
+/// Mint whose audit failed). What RevokeAll kills is reclaimed by the
+/// sweeper in the background, so its place comes back within a sweep
+/// rather than at the records' idle deadlines.
+#[derive(Default)]
+struct Held {
+    credentials: CachePadded<AtomicU64>,
+    bytes: CachePadded<AtomicU64>,
+}
+
+/// Whether a removal gives the record's place back to the budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accounting {
+    /// It does: the usual case.
+    GiveBack,
+    /// A Mint's replacement: the Mint's reservation already counted the
+    /// store after the removal.
+    Prepaid,
 }
 
 /// What [`Shared::retire`] did with one record.
@@ -136,6 +172,10 @@ impl Store {
                     idle_timeout: millis(config.idle_timeout),
                     max_lifetime: millis(config.max_lifetime),
                     absolute_lifetime: config.absolute_lifetime.map(millis),
+                    max_credentials_per_thread: config.max_credentials_per_thread,
+                    max_credentials: config.max_credentials,
+                    max_credential_bytes: config.max_credential_bytes,
+                    touch_reply_limit: config.touch_reply_limit,
                 },
                 retention: Retention {
                     age: millis(config.tombstone_retention),
@@ -149,6 +189,8 @@ impl Store {
                 tombstones: Tombstones::default(),
                 thread_tombstones: ThreadTombstones::default(),
                 sweep_cursor: AtomicUsize::new(0),
+                held: Held::default(),
+                reclaim: Reclaim::default(),
                 sweeper_wakes_at: AtomicU64::new(Millis::MAX),
                 sweeper_wakeup: Notify::new(),
                 shutdown: AtomicBool::new(false),
@@ -164,124 +206,6 @@ impl Store {
         SweeperGuard {
             shared: self.shared.clone(),
         }
-    }
-
-    /// Stores a new credential under `digest` (the digest of a freshly
-    /// generated token), owned by `new.minted_by`. With `replace_previous`,
-    /// the earlier live credentials of the same thread and provider instance
-    /// are revoked under the thread's lock before the new record becomes
-    /// visible, so the two never work at the same time and concurrent
-    /// rotations of one thread serialise. A Mint for a provider instance
-    /// that holds credentials of a caller outside `new.reach`, or whose
-    /// replacement would revoke one, fails with [`Rejection::NotOwned`]
-    /// (naming no credential of the other caller) and changes nothing.
-    pub fn mint(&self, digest: TokenDigest, new: NewCredential<'_>) -> Result<Minted, Rejection> {
-        let shared = &*self.shared;
-        let limits = &shared.limits;
-        let pair = shared
-            .revocations
-            .pair(new.minted_by, new.provider_instance_id, new.reach)
-            .map_err(|InstanceTaken| Rejection::NotOwned {
-                credential_id: None,
-            })?;
-        let class = shared.class(Class {
-            pair,
-            provider_kind: new.provider_kind.map(Box::from),
-            scopes: new.scopes,
-            labels: new.labels,
-            idle_timeout: clamp_override(new.idle_timeout, limits.idle_timeout),
-            max_lifetime: clamp_override(new.max_lifetime, limits.max_lifetime),
-            absolute_lifetime: limits.absolute_lifetime.unwrap_or(Millis::MAX),
-        });
-        let (hash, thread_shard) = shared.thread_hash(new.thread_id);
-        let mut threads = shared.threads[thread_shard].write();
-        let now = shared.clock.now();
-        let head = shared.find_thread(&threads, hash, new.thread_id);
-        let mut older = head.map_or(SlotKey::NONE, |h| h.newest);
-        let mut replaced = 0;
-        if new.replace_previous && !older.is_none() {
-            let previous: Vec<(Handle, Previous)> = shared
-                .chain(older)
-                .into_iter()
-                .filter_map(|handle| {
-                    let look = shared.with_record(handle, |r| {
-                        if *r.class.pair.instance_id != *new.provider_instance_id {
-                            Previous::Keep
-                        } else if new.reach.covers(r.minted_by()) {
-                            Previous::Replace
-                        } else if r.death(now, &shared.revocations).is_none() {
-                            Previous::InTheWay
-                        } else {
-                            Previous::Keep
-                        }
-                    });
-                    look.map(|look| (handle, look))
-                })
-                .collect();
-            // Refused before anything changed.
-            if previous
-                .iter()
-                .any(|(_, look)| matches!(look, Previous::InTheWay))
-            {
-                drop(threads);
-                shared.release_class(class);
-                return Err(Rejection::NotOwned {
-                    credential_id: None,
-                });
-            }
-            let mut kept = Vec::new();
-            // Oldest first, as RevokeThread does (see ThreadTombstones).
-            for (handle, look) in previous.into_iter().rev() {
-                if !matches!(look, Previous::Replace) {
-                    kept.push(handle);
-                    continue;
-                }
-                let outcome = shared.retire(handle, now, Some(RevocationCause::Replaced));
-                if let Retired::RevokedLive = outcome {
-                    replaced += 1;
-                }
-            }
-            kept.reverse();
-            shared.relink(&kept);
-            older = kept.first().map_or(SlotKey::NONE, |h| h.key());
-        }
-        let minted_epoch = {
-            let counting = shared.revocations.counting();
-            shared.revocations.stamp(&counting, &class.pair)
-        };
-        let record_shard = shard_of_digest(&digest);
-        let record = Record {
-            digest,
-            credential_id: CredentialId::generate_routed(record_shard as u8),
-            thread_id: Box::from(new.thread_id),
-            class,
-            minted_epoch,
-            created_at: now,
-            last_used: AtomicU64::new(now),
-            older: AtomicU32::new(older.0),
-            version: 0,
-        };
-        let credential_id = record.credential_id;
-        let deadlines = record.deadlines();
-        let handle = {
-            let mut shard = shared.records[record_shard].write();
-            let handle = shard.insert(record_shard, record);
-            shard.deadlines.push(Reverse(Deadline {
-                at: deadlines.idle_expires_at,
-                handle,
-            }));
-            handle
-        };
-        shared.set_head(&mut threads, hash, head.map(|h| h.newest), handle.key());
-        drop(threads);
-        if deadlines.idle_expires_at < shared.sweeper_wakes_at.load(Ordering::Acquire) {
-            shared.sweeper_wakeup.notify_one();
-        }
-        Ok(Minted {
-            credential_id,
-            deadlines,
-            replaced,
-        })
     }
 
     /// Checks a digest and renews the credential when it is live and holds
@@ -330,7 +254,14 @@ impl Store {
     /// live credentials were revoked.
     pub fn revoke_all(&self, target: RevokeAllTarget<'_>) -> u64 {
         let shared = &*self.shared;
-        shared.revocations.revoke(target, shared.clock.now())
+        let revoked = shared.revocations.revoke(target, shared.clock.now());
+        if revoked > 0 {
+            // The records stay until reclaimed: their memory and budget
+            // come back in the background (see `Reclaim`).
+            shared.reclaim.request();
+            shared.sweeper_wakeup.notify_one();
+        }
+        revoked
     }
 
     /// Removes what has died by now (and tombstones past their retention),
@@ -343,9 +274,61 @@ impl Store {
             total.removed += report.removed;
             total.requeued += report.requeued;
             if !more {
+                break;
+            }
+        }
+        loop {
+            let (reclaimed, more) = self.shared.reclaim_batch();
+            total.reclaimed += reclaimed;
+            if !more {
                 return total;
             }
         }
+    }
+
+    /// The store's clock reading, so limits kept beside the store (a
+    /// caller's Mint rate) count time as its deadlines do.
+    pub fn now(&self) -> Millis {
+        self.shared.clock.now()
+    }
+
+    /// What the held records cost the budgets: (credentials, bytes).
+    pub fn budget_used(&self) -> (u64, u64) {
+        let held = &self.shared.held;
+        (
+            held.credentials.load(Ordering::Acquire),
+            held.bytes.load(Ordering::Acquire),
+        )
+    }
+
+    /// Checks the store's bookkeeping on a quiet store (no call running):
+    /// every thread list is consistent both ways and counts its records,
+    /// every record is in exactly one list, and the budgets count exactly
+    /// the records held and their bytes. Debug builds only: for tests.
+    #[cfg(debug_assertions)]
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let shared = &*self.shared;
+        let listed = shared.check_thread_lists()?;
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for shard in shared.records.iter() {
+            let shard = shard.read();
+            for record in shard.records() {
+                records += 1;
+                bytes += record.budget_bytes();
+            }
+        }
+        if listed != records {
+            return Err(format!("{records} records held, {listed} in thread lists"));
+        }
+        let (counted, counted_bytes) = self.budget_used();
+        if (counted, counted_bytes) != (records, bytes) {
+            return Err(format!(
+                "budgets count {counted} records and {counted_bytes} bytes, \
+                 {records} records of {bytes} bytes are held"
+            ));
+        }
+        Ok(())
     }
 
     /// How many credential records are held, live or dead but not yet swept.
@@ -388,18 +371,6 @@ impl Store {
             .map(|s| s.read().deadlines.len())
             .sum()
     }
-}
-
-/// What Mint's replacement does with one earlier credential of the thread.
-enum Previous {
-    /// Same provider instance, within reach: revoked (or removed if dead).
-    Replace,
-    /// Another instance, or dead and out of reach: left alone.
-    Keep,
-    /// Same instance, live, minted by another caller (an administrator,
-    /// whose credentials do not take the instance from its adapter): the
-    /// Mint is refused.
-    InTheWay,
 }
 
 /// The refusal for a named credential outside the call's reach.
@@ -484,7 +455,16 @@ impl Shared {
     /// the tombstone. Removal and the live count change together with
     /// respect to RevokeAll, so a credential is counted by exactly one
     /// revocation.
-    fn retire(&self, handle: Handle, now: Millis, revoke: Option<RevocationCause>) -> Retired {
+    ///
+    /// A removed record gives its place in the budgets back here, unless
+    /// `accounting` says its Mint's reservation did already.
+    fn retire(
+        &self,
+        handle: Handle,
+        now: Millis,
+        revoke: Option<RevocationCause>,
+        accounting: Accounting,
+    ) -> Retired {
         let counting = self.revocations.counting();
         let mut shard = self.records[handle.shard()].write();
         let Some(record) = shard.get(handle) else {
@@ -511,6 +491,12 @@ impl Shared {
         let removed = shard.remove(handle);
         drop((shard, counting));
         if let Some(removed) = removed {
+            if accounting == Accounting::GiveBack {
+                self.held.credentials.fetch_sub(1, Ordering::AcqRel);
+                self.held
+                    .bytes
+                    .fetch_sub(removed.budget_bytes(), Ordering::AcqRel);
+            }
             self.release(removed);
         }
         if was_live {

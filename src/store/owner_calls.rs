@@ -1,13 +1,13 @@
 //! The calls a credential's owner makes by handle or by thread (Touch,
 //! RevokeCredential, RevokeThread), each within the caller's [`Reach`].
 
-use super::slab::SlotKey;
 use std::sync::Arc;
 
+use super::threads::ThreadKey;
 use super::types::{
-    CredentialRevocation, Reach, Rejection, RevocationCause, ThreadRevocation, Touched,
+    CredentialRevocation, Reach, Rejection, RevocationCause, ThreadRevocation, ThreadTouch, Touched,
 };
-use super::{not_owned, Retired, Store};
+use super::{not_owned, Accounting, Retired, Store};
 use crate::clock::Millis;
 use crate::token::CredentialId;
 
@@ -39,8 +39,9 @@ impl Store {
         }
     }
 
-    /// Renews every live credential of a thread within `reach`. Fails only
-    /// when none is: with [`Rejection::NotOwned`] when the thread's live
+    /// Renews every live credential of a thread within `reach` and lists
+    /// the oldest [`super::StoreConfig::touch_reply_limit`] of them, with
+    /// the number renewed. Fails only when none is: with [`Rejection::NotOwned`] when the thread's live
     /// credentials are all out of reach, else with the death of the
     /// thread's newest credential within reach (as Resolve of its token
     /// would), or [`Rejection::Unknown`] when there is none.
@@ -48,7 +49,7 @@ impl Store {
         &self,
         thread_id: &str,
         reach: Reach<'_>,
-    ) -> Result<Vec<Touched>, Rejection> {
+    ) -> Result<ThreadTouch, Rejection> {
         let shared = &*self.shared;
         let (hash, thread_shard) = shared.thread_hash(thread_id);
         let threads = shared.threads[thread_shard].read();
@@ -56,7 +57,11 @@ impl Store {
         let chain = shared
             .find_thread(&threads, hash, thread_id)
             .map_or_else(Vec::new, |head| shared.chain(head.newest));
-        let mut touched = Vec::with_capacity(chain.len());
+        let listed = shared.limits.touch_reply_limit;
+        let mut touched = ThreadTouch {
+            touched: Vec::with_capacity(chain.len().min(listed)),
+            total: 0,
+        };
         let mut out_of_reach_live = false;
         // The newest death within reach, by mint time.
         let mut newest_death: Option<(Millis, Rejection)> = None;
@@ -76,7 +81,12 @@ impl Store {
                 }
             });
             match look {
-                Some(TouchLook::Touched(one)) => touched.push(one),
+                Some(TouchLook::Touched(one)) => {
+                    if touched.touched.len() < listed {
+                        touched.touched.push(one);
+                    }
+                    touched.total += 1;
+                }
                 // Oldest first: a later one is newer.
                 Some(TouchLook::Dead(created_at, rejection)) => {
                     newest_death = Some((created_at, rejection));
@@ -86,7 +96,7 @@ impl Store {
             }
         }
         drop(threads);
-        if !touched.is_empty() {
+        if touched.total > 0 {
             return Ok(touched);
         }
         if out_of_reach_live {
@@ -116,8 +126,9 @@ impl Store {
         };
         let now = shared.clock.now();
         let mut outcome = ThreadRevocation::default();
-        let mut kept = Vec::new();
-        // Oldest first, so the thread's newest death is recorded last.
+        // Oldest first, so the thread's newest death is recorded last. Each
+        // removal is constant time: the whole call costs the thread's
+        // records, which the per-thread limit bounds.
         for handle in shared.chain(head.newest).into_iter().rev() {
             let look = shared.with_record(handle, |r| {
                 (
@@ -127,22 +138,25 @@ impl Store {
             });
             match look {
                 Some((true, _)) => {
-                    let retired = shared.retire(handle, now, Some(RevocationCause::Thread));
+                    let retired = shared.detach(
+                        &mut threads,
+                        ThreadKey {
+                            id: thread_id,
+                            hash,
+                        },
+                        handle,
+                        now,
+                        Some(RevocationCause::Thread),
+                        Accounting::GiveBack,
+                    );
                     if let Retired::RevokedLive = retired {
                         outcome.revoked += 1;
                     }
                 }
-                Some((false, live)) => {
-                    outcome.not_owned += u64::from(live);
-                    kept.push(handle);
-                }
+                Some((false, live)) => outcome.not_owned += u64::from(live),
                 None => {}
             }
         }
-        kept.reverse();
-        shared.relink(&kept);
-        let newest = kept.first().map_or(SlotKey::NONE, |h| h.key());
-        shared.set_head(&mut threads, hash, Some(head.newest), newest);
         outcome
     }
 

@@ -26,6 +26,28 @@ pub(super) struct Class {
     pub(super) max_lifetime: Millis,
     /// `Millis::MAX` when the store has no absolute lifetime.
     pub(super) absolute_lifetime: Millis,
+    /// What a record of this class costs the store's byte budget besides
+    /// its thread id (see [`Class::budget_bytes`]); follows from the fields
+    /// above, so it takes no part in equality.
+    pub(super) bytes: u64,
+}
+
+impl Class {
+    /// The lengths of the strings a credential of this class brings besides
+    /// its thread id: instance id, kind, scopes, label keys and values. What
+    /// [`super::types::StoreConfig::max_credential_bytes`] counts, whether
+    /// or not the class is shared: a budget on what callers send, not on
+    /// what interning saves.
+    pub(super) fn budget_bytes(
+        instance_id: &str,
+        provider_kind: Option<&str>,
+        scopes: &Scopes,
+        labels: &Labels,
+    ) -> u64 {
+        let scopes: usize = scopes.iter().map(|s| s.len()).sum();
+        let labels: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (instance_id.len() + provider_kind.map_or(0, str::len) + scopes + labels) as u64
+    }
 }
 
 impl PartialEq for Class {
@@ -80,6 +102,11 @@ pub(super) struct Record {
     /// The thread's next older credential ([`super::slab::SlotKey::NONE`]
     /// for none). Changed only under the thread's shard lock.
     pub(super) older: AtomicU32,
+    /// The thread's next newer credential ([`super::slab::SlotKey::NONE`]
+    /// for the newest), so that a record leaves its thread's list in
+    /// constant time however long the list is. Changed only under the
+    /// thread's shard lock.
+    pub(super) newer: AtomicU32,
     /// The version of the slot holding it (see [`super::slab::Handle`]);
     /// set by [`super::slab::RecordShard::insert`]. Fills what would be
     /// padding.
@@ -90,6 +117,12 @@ impl Record {
     /// The caller that minted it.
     pub(super) fn minted_by(&self) -> &str {
         &self.class.pair.owner.name
+    }
+
+    /// What it costs the store's byte budget: charged at Mint, given back
+    /// when the record leaves, both from this one formula.
+    pub(super) fn budget_bytes(&self) -> u64 {
+        self.thread_id.len() as u64 + self.class.bytes
     }
 
     /// The deadlines that follow from a latest use at `last_used`.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use super::types::{Reach, RevocationCause, RevokeAllTarget};
 use crate::clock::Millis;
@@ -132,6 +132,18 @@ pub(super) struct Owner {
     pub(super) name: Arc<str>,
     scope: Scope,
     live: CachePadded<Mutex<LiveCount>>,
+    /// Held by a Mint with a quota from its checks until its record is
+    /// counted, so that two Mints of one caller never both take its last
+    /// place (see [`Revocations::owner_live`]).
+    minting: Mutex<()>,
+}
+
+impl Owner {
+    /// Serialises this caller's quota-checked Mints; taken after the
+    /// thread's shard lock, before any count's.
+    pub(super) fn minting(&self) -> MutexGuard<'_, ()> {
+        self.minting.lock()
+    }
 }
 
 /// One caller's credentials of one provider instance: what a non-admin's
@@ -192,6 +204,7 @@ impl Revocations {
                     name,
                     scope: Scope::default(),
                     live: CachePadded::default(),
+                    minting: Mutex::new(()),
                 })
             })
             .clone()
@@ -266,6 +279,17 @@ impl Revocations {
         pair.owner.live.lock().add(epoch, global);
         self.global_live.fetch_add(1, Ordering::AcqRel);
         epoch
+    }
+
+    /// How many live credentials `owner` holds: the records it minted that
+    /// no RevokeAll ended and that are not yet removed (a credential past
+    /// its deadline counts until the sweeper, due then, removes it). What a
+    /// caller's quota compares: it costs one lock, and a RevokeAll frees
+    /// the caller's quota at once, while the store's budgets wait for the
+    /// records to be reclaimed.
+    pub(super) fn owner_live(&self, owner: &Owner) -> u64 {
+        let global = self.global.revoked_at.load(Ordering::Acquire);
+        owner.live.lock().current(global)
     }
 
     /// Takes a removed record that still counted out of the counts.

@@ -145,6 +145,17 @@ impl Slab {
     pub(super) fn len(&self) -> usize {
         self.allocated as usize - self.free.len()
     }
+
+    /// Slots handed out so far: every slot number in use is below it.
+    pub(super) fn slots(&self) -> u32 {
+        self.allocated
+    }
+
+    /// Every record held, in slot order.
+    #[cfg(debug_assertions)]
+    pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
+        self.chunks.iter().flatten().flatten()
+    }
 }
 
 /// One shard of records: a slab and its indexes and deadline queue.
@@ -226,5 +237,11 @@ impl RecordShard {
 
     pub(super) fn len(&self) -> usize {
         self.slab.len()
+    }
+
+    /// Every record held, in slot order.
+    #[cfg(debug_assertions)]
+    pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
+        self.slab.records()
     }
 }

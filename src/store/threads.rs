@@ -1,10 +1,15 @@
-//! Threads: each thread's credentials form a list through the records
-//! (newest first), headed by an entry in a thread shard.
+//! Threads: each thread's credentials form a doubly linked list through the
+//! records (newest first), headed by an entry in a thread shard that also
+//! counts them.
 //!
 //! Every insertion and removal of a record happens under its thread shard's
 //! lock, taken before any record shard lock, and never with two record
 //! shard locks held: that order is what keeps the lists and the shards in
-//! step without deadlock.
+//! step without deadlock. Because the list is doubly linked, a record
+//! leaves it in constant time (RevokeCredential, the sweeper), however many
+//! credentials the thread holds; only the calls about a whole thread
+//! (RevokeThread, Touch by thread, a Mint's replacement) walk it, and the
+//! per-thread limit bounds that walk.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::Ordering;
@@ -13,7 +18,8 @@ use hashbrown::HashTable;
 
 use super::slab::{Handle, SlotKey};
 use super::types::RevocationCause;
-use super::{Retired, Shared, SHARDS};
+use super::{Accounting, Retired, Shared, SHARDS};
+use crate::clock::Millis;
 
 /// One shard of thread heads.
 #[derive(Default)]
@@ -21,12 +27,24 @@ pub(super) struct ThreadShard {
     pub(super) heads: HashTable<ThreadHead>,
 }
 
-/// A thread's entry: 32 bits of the hash of its id and its newest
-/// credential. The id itself is read from that credential's record.
+/// A thread's entry: 32 bits of the hash of its id, its newest credential
+/// and how many records its list holds. The id itself is read from that
+/// credential's record.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ThreadHead {
     pub(super) tag: u32,
     pub(super) newest: SlotKey,
+    /// Records in the list, live or dead but not yet removed: what the
+    /// per-thread limit compares first (see [`Shared::mint`]).
+    pub(super) held: u32,
+}
+
+/// A thread as the calls that hold its shard's lock name it: its id and
+/// the id's keyed hash.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ThreadKey<'a> {
+    pub(super) id: &'a str,
+    pub(super) hash: u64,
 }
 
 /// The part of a thread-id hash a [`ThreadHead`] keeps.
@@ -68,7 +86,8 @@ impl Shared {
     }
 
     /// A thread's credentials from `newest` on, newest first. The caller
-    /// holds the thread's shard lock, so the list does not change meanwhile.
+    /// holds the thread's shard lock, so the list does not change meanwhile;
+    /// its length is the head's `held`, which the per-thread limit bounds.
     pub(super) fn chain(&self, newest: SlotKey) -> Vec<Handle> {
         let mut chain = Vec::new();
         let mut next = newest;
@@ -83,18 +102,112 @@ impl Shared {
         chain
     }
 
-    /// Links `kept` (newest first) into one list. The caller holds the
-    /// thread's shard lock.
-    pub(super) fn relink(&self, kept: &[Handle]) {
-        for (i, &handle) in kept.iter().enumerate() {
-            let older = kept.get(i + 1).map_or(SlotKey::NONE, |h| h.key());
-            self.with_record(handle, |r| r.older.store(older.0, Ordering::Release));
+    /// Makes the record at `key`, just inserted with `older` pointing at
+    /// the thread's newest (`head`, `None` when the thread had no entry),
+    /// the thread's newest credential. The caller holds the thread's shard
+    /// lock.
+    pub(super) fn link_newest(
+        &self,
+        threads: &mut ThreadShard,
+        hash: u64,
+        head: Option<ThreadHead>,
+        key: SlotKey,
+    ) {
+        let Some(head) = head else {
+            threads.heads.insert_unique(
+                hash,
+                ThreadHead {
+                    tag: thread_tag(hash),
+                    newest: key,
+                    held: 1,
+                },
+                |head| self.rehash_thread(head),
+            );
+            return;
+        };
+        self.with_key(head.newest, |r| r.newer.store(key.0, Ordering::Release));
+        if let Ok(mut entry) = threads.heads.find_entry(hash, |h| h.newest == head.newest) {
+            let entry = entry.get_mut();
+            entry.newest = key;
+            entry.held += 1;
+        }
+    }
+
+    /// Takes the record `handle` names out of its thread's list and its
+    /// shard if it is dead, or if `revoke` is given (see [`Shared::retire`]),
+    /// in constant time. The caller holds the thread's shard lock (`threads`);
+    /// a handle of another thread, or of a record already gone, is
+    /// [`Retired::Absent`].
+    pub(super) fn detach(
+        &self,
+        threads: &mut ThreadShard,
+        thread: ThreadKey<'_>,
+        handle: Handle,
+        now: Millis,
+        revoke: Option<RevocationCause>,
+        accounting: Accounting,
+    ) -> Retired {
+        let ThreadKey {
+            id: thread_id,
+            hash,
+        } = thread;
+        let Some(head) = self.find_thread(threads, hash, thread_id) else {
+            return Retired::Absent;
+        };
+        let links = self.with_record(handle, |r| {
+            (*r.thread_id == *thread_id).then(|| {
+                (
+                    SlotKey(r.older.load(Ordering::Acquire)),
+                    SlotKey(r.newer.load(Ordering::Acquire)),
+                )
+            })
+        });
+        let Some(Some((older, newer))) = links else {
+            return Retired::Absent;
+        };
+        let outcome = self.retire(handle, now, revoke, accounting);
+        if let Retired::RevokedLive | Retired::RemovedDead = outcome {
+            self.unlink(threads, hash, head.newest, handle.key(), older, newer);
+        }
+        outcome
+    }
+
+    /// Joins the neighbours of a removed record (`key`, whose links were
+    /// `older` and `newer`) and takes it out of its head (whose newest is
+    /// `head_newest`), dropping the head with the thread's last record.
+    fn unlink(
+        &self,
+        threads: &mut ThreadShard,
+        hash: u64,
+        head_newest: SlotKey,
+        key: SlotKey,
+        older: SlotKey,
+        newer: SlotKey,
+    ) {
+        if !newer.is_none() {
+            self.with_key(newer, |r| r.older.store(older.0, Ordering::Release));
+        }
+        if !older.is_none() {
+            self.with_key(older, |r| r.newer.store(newer.0, Ordering::Release));
+        }
+        let Ok(mut entry) = threads.heads.find_entry(hash, |h| h.newest == head_newest) else {
+            debug_assert!(false, "a thread's record without its head");
+            return;
+        };
+        let head = entry.get_mut();
+        head.held = head.held.saturating_sub(1);
+        if head_newest == key {
+            head.newest = older;
+            if older.is_none() {
+                entry.remove();
+            }
         }
     }
 
     /// Takes the record `handle` names out of its thread's list and its
     /// shard if it is dead, or if `revoke` is given; `thread_id` is the
-    /// record's thread as read before the thread lock was taken.
+    /// record's thread as read before the thread lock was taken. Constant
+    /// time, whatever the thread holds.
     pub(super) fn remove_from_thread(
         &self,
         handle: Handle,
@@ -103,58 +216,68 @@ impl Shared {
     ) -> Retired {
         let (hash, thread_shard) = self.thread_hash(thread_id);
         let mut threads = self.threads[thread_shard].write();
-        let Some(head) = self.find_thread(&threads, hash, thread_id) else {
-            return Retired::Absent;
-        };
-        let chain = self.chain(head.newest);
-        let Some(position) = chain.iter().position(|&h| h == handle) else {
-            return Retired::Absent;
-        };
-        let outcome = self.retire(handle, self.clock.now(), revoke);
-        if let Retired::RevokedLive | Retired::RemovedDead = outcome {
-            // Only the link that pointed at the removed record changes.
-            let older = chain.get(position + 1).map_or(SlotKey::NONE, |h| h.key());
-            match position.checked_sub(1) {
-                None => self.set_head(&mut threads, hash, Some(head.newest), older),
-                Some(newer) => {
-                    self.with_record(chain[newer], |r| r.older.store(older.0, Ordering::Release));
+        let now = self.clock.now();
+        self.detach(
+            &mut threads,
+            ThreadKey {
+                id: thread_id,
+                hash,
+            },
+            handle,
+            now,
+            revoke,
+            Accounting::GiveBack,
+        )
+    }
+
+    /// Checks every thread list against the record shards: links agree
+    /// both ways, every record is in its own thread's list exactly once,
+    /// and every head counts its records. For tests, on a quiet store.
+    #[cfg(debug_assertions)]
+    pub(super) fn check_thread_lists(&self) -> Result<u64, String> {
+        use std::collections::HashSet;
+        let mut seen: HashSet<u32> = HashSet::new();
+        for (index, shard) in self.threads.iter().enumerate() {
+            let threads = shard.read();
+            for head in threads.heads.iter() {
+                let thread_id = self
+                    .with_key(head.newest, |r| r.thread_id.clone())
+                    .ok_or_else(|| format!("thread shard {index}: head names no record"))?;
+                let (hash, home) = self.thread_hash(&thread_id);
+                if home != index || head.tag != thread_tag(hash) {
+                    return Err(format!("thread {thread_id}: head in the wrong place"));
+                }
+                let (mut key, mut newer, mut count) = (head.newest, SlotKey::NONE, 0u32);
+                while !key.is_none() {
+                    if !seen.insert(key.0) {
+                        return Err(format!("thread {thread_id}: record {key:?} listed twice"));
+                    }
+                    let (same, back, older) = self
+                        .with_key(key, |r| {
+                            (
+                                *r.thread_id == *thread_id,
+                                SlotKey(r.newer.load(Ordering::Acquire)),
+                                SlotKey(r.older.load(Ordering::Acquire)),
+                            )
+                        })
+                        .ok_or_else(|| format!("thread {thread_id}: link to no record"))?;
+                    if !same {
+                        return Err(format!("thread {thread_id}: another thread's record"));
+                    }
+                    if back != newer {
+                        return Err(format!("thread {thread_id}: newer link {back:?} at {key:?}, expected {newer:?}"));
+                    }
+                    count += 1;
+                    (newer, key) = (key, older);
+                }
+                if count != head.held {
+                    return Err(format!(
+                        "thread {thread_id}: head counts {}, list holds {count}",
+                        head.held
+                    ));
                 }
             }
         }
-        outcome
-    }
-
-    /// Makes `newest` the head of the thread whose head was `previous`
-    /// (`None`: the thread had no entry); [`SlotKey::NONE`] drops the entry.
-    pub(super) fn set_head(
-        &self,
-        threads: &mut ThreadShard,
-        hash: u64,
-        previous: Option<SlotKey>,
-        newest: SlotKey,
-    ) {
-        let entry = previous.and_then(|previous| {
-            threads
-                .heads
-                .find_entry(hash, |h| h.newest == previous)
-                .ok()
-        });
-        match (entry, newest.is_none()) {
-            (Some(entry), true) => {
-                entry.remove();
-            }
-            (Some(mut entry), false) => entry.get_mut().newest = newest,
-            (None, true) => {}
-            (None, false) => {
-                threads.heads.insert_unique(
-                    hash,
-                    ThreadHead {
-                        tag: thread_tag(hash),
-                        newest,
-                    },
-                    |head| self.rehash_thread(head),
-                );
-            }
-        }
+        Ok(seen.len() as u64)
     }
 }

@@ -141,6 +141,19 @@ pub struct Touched {
     pub deadlines: Deadlines,
 }
 
+/// What Touch by thread did: every live credential of the thread within
+/// reach is renewed, but the reply lists only the oldest
+/// [`StoreConfig::touch_reply_limit`] of them, so its size stays bounded
+/// whatever the thread holds; `total` says how many were renewed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadTouch {
+    /// The renewed credentials, oldest first, at most
+    /// [`StoreConfig::touch_reply_limit`].
+    pub touched: Vec<Touched>,
+    /// How many were renewed, listed or not.
+    pub total: u64,
+}
+
 /// What RevokeThread did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThreadRevocation {

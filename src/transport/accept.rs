@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::ListenAddr;
 
@@ -73,6 +74,10 @@ pub(crate) struct CounterCells {
     pub(crate) handshakes_timed_out: AtomicU64,
     /// See [`CounterSnapshot::unix_peers_refused`].
     pub(crate) unix_peers_refused: AtomicU64,
+    /// See [`CounterSnapshot::connections_refused`].
+    pub(crate) connections_refused: AtomicU64,
+    /// See [`CounterSnapshot::prefaces_timed_out`].
+    pub(crate) prefaces_timed_out: AtomicU64,
 }
 
 /// The values of [`Counters`] at one moment.
@@ -87,6 +92,12 @@ pub struct CounterSnapshot {
     /// Unix connections closed because the uid is not allowed or its
     /// credentials could not be read.
     pub unix_peers_refused: u64,
+    /// Connections closed at accept because `--max-connections` were
+    /// already open (or shaking hands).
+    pub connections_refused: u64,
+    /// Connections closed because the HTTP/2 client preface and first
+    /// SETTINGS frame had not arrived by the handshake deadline.
+    pub prefaces_timed_out: u64,
 }
 
 /// Reading is for observers; bumping only for the accept loops.
@@ -99,6 +110,8 @@ impl Counters {
             handshakes_failed: c.handshakes_failed.load(Ordering::Relaxed),
             handshakes_timed_out: c.handshakes_timed_out.load(Ordering::Relaxed),
             unix_peers_refused: c.unix_peers_refused.load(Ordering::Relaxed),
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            prefaces_timed_out: c.prefaces_timed_out.load(Ordering::Relaxed),
         }
     }
 
@@ -131,6 +144,13 @@ pub struct Connection {
     pub(crate) io: Io,
     /// Who is on the other end, fixed at accept time.
     info: PeerInfo,
+    /// When the TLS handshake, the HTTP/2 preface and the first SETTINGS
+    /// frame must all be in: one deadline from accept, so a client cannot
+    /// spend the timeout once per phase.
+    pub(crate) handshake_deadline: Instant,
+    /// This connection's place in the `--max-connections` pool, taken at
+    /// accept and given back when the connection is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl fmt::Debug for Connection {
@@ -152,11 +172,85 @@ impl fmt::Debug for Connection {
 impl Connection {
     /// Takes the SANs as a `Vec` and stores them shared, since every request
     /// on the connection gets a clone of its [`PeerInfo`].
-    pub(crate) fn new(io: Io, peer: Peer, client_sans: Vec<ClientSan>) -> Connection {
+    pub(crate) fn new(
+        io: Io,
+        peer: Peer,
+        client_sans: Vec<ClientSan>,
+        admitted: Admitted,
+    ) -> Connection {
         let client_sans = client_sans.into();
         Connection {
             io,
             info: PeerInfo { peer, client_sans },
+            handshake_deadline: admitted.deadline,
+            _permit: admitted.permit,
+        }
+    }
+
+    /// Who is on the other end; the server puts a clone into every
+    /// request's extensions.
+    pub fn peer_info(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
+/// What a connection got at accept: its place in the pool and its
+/// handshake deadline, carried through the TLS handshake into
+/// [`Connection`].
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// Held until the connection is dropped.
+    permit: OwnedSemaphorePermit,
+    /// Accept time plus the handshake timeout.
+    pub(crate) deadline: Instant,
+}
+
+/// The `--max-connections` pool and the handshake timeout, shared by every
+/// accept loop: one pool for all listeners, so the cap is on the process.
+#[derive(Clone, Debug)]
+pub(crate) struct Admission {
+    /// One permit per connection that may be open or shaking hands.
+    permits: Arc<Semaphore>,
+    /// From accept to the first SETTINGS frame.
+    pub(crate) handshake_timeout: Duration,
+    /// Whether the last accept was refused, so that only the first refusal
+    /// of an episode warns (a flood must not flood the log too).
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Admission {
+    /// A pool of `max_connections` permits.
+    pub(crate) fn new(max_connections: usize, handshake_timeout: Duration) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            handshake_timeout,
+            full: Arc::default(),
+        }
+    }
+
+    /// Takes a permit for a just-accepted connection, or counts the refusal
+    /// and returns `None`: the caller then drops the stream, closing it at
+    /// once, before any TLS or HTTP/2 work is spent on it.
+    pub(crate) fn admit(&self, listener: &ListenAddr, counters: &Counters) -> Option<Admitted> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                if self.full.swap(false, Ordering::Relaxed) {
+                    tracing::info!(%listener, "accepting connections again: below --max-connections");
+                }
+                Some(Admitted {
+                    permit,
+                    deadline: Instant::now() + self.handshake_timeout,
+                })
+            }
+            Err(_) => {
+                counters.bump(|c| &c.connections_refused);
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%listener, "--max-connections reached: closing new connections at once until some close");
+                } else {
+                    tracing::debug!(%listener, "connection refused: --max-connections reached");
+                }
+                None
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The listeners the gRPC server accepts on: plain or TLS TCP and Unix
-//! sockets, behind one [`Incoming`] stream for tonic's
-//! `Server::serve_with_incoming_shutdown`.
+//! sockets, behind one [`Incoming`] stream, and the HTTP/2 connection loop
+//! ([`http2`]) that serves it.
 //!
 //! Every connection carries a [`PeerInfo`] (tonic puts it in each request's
 //! extensions), so a handler knows who is on the other end: the TCP peer
@@ -10,6 +10,8 @@
 //! accept errors back off instead of spinning.
 
 mod accept;
+pub mod http2;
+mod preface;
 mod tls;
 mod unix;
 
@@ -27,7 +29,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-pub(crate) use accept::{accept_failed, accept_succeeded, Backoff, Io};
+pub(crate) use accept::{accept_failed, accept_succeeded, Admission, Admitted, Backoff, Io};
 pub use accept::{ClientSan, Connection, CounterSnapshot, Counters, Peer, PeerInfo};
 pub use tls::TlsReloader;
 pub use unix::SocketCleanup;
@@ -111,8 +113,12 @@ pub struct TransportConfig {
     /// TLS for the TCP listeners; Unix sockets stay plaintext (the kernel
     /// already tells who the peer is).
     pub tls: Option<TlsFiles>,
-    /// How long a TLS client may take to finish its handshake.
+    /// How long a client may take from accept to its first HTTP/2 SETTINGS
+    /// frame: the TLS handshake, the client preface and SETTINGS together.
     pub handshake_timeout: Duration,
+    /// How many connections may be open (or shaking hands) at once over
+    /// all listeners; more are closed at accept.
+    pub max_connections: usize,
     /// When set, Unix connections from any other uid are closed at once.
     pub unix_allowed_uids: Option<Vec<u32>>,
 }
@@ -149,8 +155,11 @@ pub enum TransportError {
         addr: ListenAddr,
     },
     /// A zero handshake timeout would fail every TLS handshake.
-    #[error("the TLS handshake timeout must be above zero, such as 10s")]
+    #[error("the handshake timeout must be above zero, such as 10s")]
     ZeroHandshakeTimeout,
+    /// A connection cap of zero would refuse every connection.
+    #[error("--max-connections must be at least 1, such as 1024")]
+    ZeroMaxConnections,
     /// The OS refused the listener.
     #[error("cannot listen on {addr}: {source}; check that no other process uses it and that the address belongs to this machine")]
     Bind {
@@ -268,8 +277,9 @@ pub struct Transport {
     /// Loaded at bind, so a bad certificate fails the start, not the first
     /// handshake.
     tls: Option<TlsReloader>,
-    /// Handed to every TCP accept task.
-    handshake_timeout: Duration,
+    /// The connection cap and handshake timeout, shared by every accept
+    /// task.
+    admission: Admission,
     /// Shared by every Unix accept task; `None` lets any uid in.
     allowed_uids: Option<Arc<[u32]>>,
     /// Held from bind on, so a failed start removes the sockets it made.
@@ -300,6 +310,9 @@ impl Transport {
         }
         if config.handshake_timeout.is_zero() {
             return Err(TransportError::ZeroHandshakeTimeout);
+        }
+        if config.max_connections == 0 {
+            return Err(TransportError::ZeroMaxConnections);
         }
         for (i, addr) in config.listen.iter().enumerate() {
             if config.listen[..i].contains(addr) {
@@ -332,7 +345,7 @@ impl Transport {
         Ok(Transport {
             listeners,
             tls,
-            handshake_timeout: config.handshake_timeout,
+            admission: Admission::new(config.max_connections, config.handshake_timeout),
             allowed_uids: config.unix_allowed_uids.map(Arc::from),
             cleanup: SocketCleanup::new(sockets),
             counters: Counters::default(),
@@ -381,7 +394,8 @@ impl Transport {
                 Listener::Tcp { listener, addr } => tokio::spawn(tls::accept(
                     listener,
                     addr,
-                    self.tls.clone().map(|t| (t, self.handshake_timeout)),
+                    self.tls.clone(),
+                    self.admission.clone(),
                     tx.clone(),
                     self.counters.clone(),
                 )),
@@ -389,6 +403,7 @@ impl Transport {
                     listener,
                     ListenAddr::Unix(path),
                     self.allowed_uids.clone(),
+                    self.admission.clone(),
                     tx.clone(),
                     self.counters.clone(),
                 )),
@@ -399,6 +414,8 @@ impl Transport {
             rx,
             _tasks: AbortOnDrop(tasks),
             cleanup: self.cleanup,
+            counters: self.counters,
+            handshake_timeout: self.admission.handshake_timeout,
         }
     }
 }
@@ -429,6 +446,10 @@ pub struct Incoming {
     _tasks: AbortOnDrop,
     /// The socket files, removed once this and every clone are gone.
     cleanup: SocketCleanup,
+    /// For the HTTP/2 phase's refusals, which the connection loop counts.
+    counters: Counters,
+    /// For the connection loop's log lines.
+    handshake_timeout: Duration,
 }
 
 impl fmt::Debug for Incoming {
@@ -446,6 +467,16 @@ impl Incoming {
     /// this stream are all gone; hold one until tonic has drained.
     pub fn socket_cleanup(&self) -> SocketCleanup {
         self.cleanup.clone()
+    }
+
+    /// The transport's counters, for the connection loop to add its own.
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+
+    /// The configured handshake timeout (for log lines).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 }
 
@@ -498,6 +529,7 @@ pub(crate) mod tests {
             listen,
             tls: None,
             handshake_timeout: Duration::from_secs(5),
+            max_connections: 64,
             unix_allowed_uids: None,
         }
     }

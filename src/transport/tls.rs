@@ -5,23 +5,21 @@
 //! accepted with. Each handshake runs in its own task under the handshake
 //! timeout, so a silent client never holds up the others.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
 use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use x509_parser::extensions::GeneralName;
 
 use super::{
-    accept_failed, accept_succeeded, Backoff, ClientSan, Connection, Counters, Io, ListenAddr,
-    Peer, TlsFiles, TransportError,
+    accept_failed, accept_succeeded, Admission, Admitted, Backoff, ClientSan, Connection, Counters,
+    Io, ListenAddr, Peer, TlsFiles, TransportError,
 };
 
 /// Re-reads the TLS files and swaps the config that new handshakes use;
@@ -188,21 +186,23 @@ pub(crate) fn client_sans(der: &[u8]) -> Vec<ClientSan> {
 }
 
 /// Runs one handshake in its own task, with the config current at accept
-/// time, and queues the connection when it completes in time.
+/// time, and queues the connection when it completes by the connection's
+/// handshake deadline (which also covers the HTTP/2 preface after it).
 fn spawn_handshake(
     config: Arc<ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
-    timeout: Duration,
+    admitted: Admitted,
     tx: &mpsc::Sender<Connection>,
     counters: &Counters,
 ) {
     let (tx, counters) = (tx.clone(), counters.clone());
     tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let deadline = admitted.deadline;
         let outcome = tokio::select! {
             _ = tx.closed() => return,
-            outcome = tokio::time::timeout(timeout, acceptor.accept(stream)) => outcome,
+            outcome = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => outcome,
         };
         let stream = match outcome {
             Ok(Ok(stream)) => stream,
@@ -213,7 +213,7 @@ fn spawn_handshake(
             }
             Err(_) => {
                 counters.bump(|c| &c.handshakes_timed_out);
-                tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
+                tracing::debug!(%peer, "TLS handshake not finished by the handshake deadline");
                 return;
             }
         };
@@ -221,16 +221,19 @@ fn spawn_handshake(
             Some([end_entity, ..]) => client_sans(end_entity),
             _ => Vec::new(),
         };
-        let conn = Connection::new(Io::Tls(Box::new(stream)), Peer::Tcp(peer), sans);
+        let conn = Connection::new(Io::Tls(Box::new(stream)), Peer::Tcp(peer), sans, admitted);
         let _ = tx.send(conn).await;
     });
 }
 
-/// Accepts on one TCP listener until [`super::Incoming`] is gone.
+/// Accepts on one TCP listener until [`super::Incoming`] is gone. Every
+/// connection takes a permit of `admission` first; without one it is closed
+/// at once, so TLS handshakes in flight are bounded by the same cap.
 pub(crate) async fn accept(
     listener: TcpListener,
     addr: SocketAddr,
-    tls: Option<(TlsReloader, Duration)>,
+    tls: Option<TlsReloader>,
+    admission: Admission,
     tx: mpsc::Sender<Connection>,
     counters: Counters,
 ) {
@@ -249,15 +252,18 @@ pub(crate) async fn accept(
             },
         };
         accept_succeeded(&name, &mut backoff);
+        let Some(admitted) = admission.admit(&name, &counters) else {
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
         match &tls {
-            Some((reloader, timeout)) => {
-                spawn_handshake(reloader.current(), stream, peer, *timeout, &tx, &counters)
+            Some(reloader) => {
+                spawn_handshake(reloader.current(), stream, peer, admitted, &tx, &counters)
             }
             None => {
-                let conn = Connection::new(Io::Tcp(stream), Peer::Tcp(peer), Vec::new());
+                let conn = Connection::new(Io::Tcp(stream), Peer::Tcp(peer), Vec::new(), admitted);
                 if tx.send(conn).await.is_err() {
                     return;
                 }
@@ -277,6 +283,7 @@ mod tests {
     };
     use rustls::ClientConfig;
     use rustls_pki_types::ServerName;
+    use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio_rustls::client::TlsStream;
     use tonic::transport::server::Connected;

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use crate::state_dir::{euid, private_dir, DirProblem};
 
 use super::{
-    accept_failed, accept_succeeded, Backoff, Connection, Counters, Io, ListenAddr, Peer,
-    TransportError,
+    accept_failed, accept_succeeded, Admission, Backoff, Connection, Counters, Io, ListenAddr,
+    Peer, TransportError,
 };
 
 /// How long probing an old socket may take before it counts as alive.
@@ -128,6 +128,7 @@ pub(crate) async fn accept(
     listener: UnixListener,
     name: ListenAddr,
     allowed_uids: Option<Arc<[u32]>>,
+    admission: Admission,
     tx: mpsc::Sender<Connection>,
     counters: Counters,
 ) {
@@ -162,7 +163,15 @@ pub(crate) async fn accept(
             tracing::warn!(listener = %name, uid, ?pid, "closing a Unix connection from a uid that is not allowed");
             continue;
         }
-        let conn = Connection::new(Io::Unix(stream), Peer::Unix { uid, pid }, Vec::new());
+        let Some(admitted) = admission.admit(&name, &counters) else {
+            continue;
+        };
+        let conn = Connection::new(
+            Io::Unix(stream),
+            Peer::Unix { uid, pid },
+            Vec::new(),
+            admitted,
+        );
         if tx.send(conn).await.is_err() {
             return;
         }

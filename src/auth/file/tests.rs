@@ -85,6 +85,7 @@ fn a_valid_file_parses_into_the_structs() {
                     ],
                     uri_sans: vec!["spiffe://example.org/claude".into()],
                     dns_sans: vec![],
+                    quota: QuotaSpec::default(),
                 },
                 CallerEntry {
                     name: "ops".into(),
@@ -92,8 +93,10 @@ fn a_valid_file_parses_into_the_structs() {
                     keys: vec![],
                     uri_sans: vec![],
                     dns_sans: vec!["ops.internal".into()],
+                    quota: QuotaSpec::default(),
                 },
-            ]
+            ],
+            defaults: QuotaSpec::default(),
         }
     );
     assert_eq!(parse("").unwrap(), CallersFile::default());
@@ -759,4 +762,79 @@ fn edits_refuse_a_file_group_or_others_may_write() {
     }
     assert_eq!(fs::read(&path).unwrap(), before);
     assert_eq!(mode(&path), 0o666, "not ours to change");
+}
+
+/// Catches quota fields that are ignored, that do not fall back to
+/// `[defaults]`, or whose defaults beat a caller's own setting.
+#[test]
+fn quotas_parse_and_fall_back_to_the_defaults() {
+    let (a, b) = (digest(), digest());
+    let own_block = block("own", "k1", &a).replace(
+        "[[caller.key]]",
+        "max_live_credentials = 7\nmint_rate = { per_second = 3 }\n[[caller.key]]",
+    );
+    let text = format!(
+        "[defaults]\nmax_live_credentials = 100\nmint_rate = {{ per_second = 5, burst = 9 }}\n\n\
+         {own_block}\n{}",
+        block("plain", "k2", &b)
+    );
+    let file = parse(&text).unwrap();
+    let own = file.quota_of(&file.callers[0]);
+    assert_eq!(own.max_live_credentials, Some(7));
+    assert_eq!(
+        own.mint_rate,
+        Some(crate::auth::quota::MintRate {
+            per_second: 3,
+            burst: 3
+        }),
+        "burst defaults to per_second, not to [defaults]' burst"
+    );
+    let plain = file.quota_of(&file.callers[1]);
+    assert_eq!(plain.max_live_credentials, Some(100));
+    assert_eq!(plain.mint_rate.unwrap().burst, 9);
+}
+
+/// Catches zero, negative or half-written quotas being accepted (a zero
+/// rate would silently refuse every Mint) and unknown quota fields.
+#[test]
+fn bad_quotas_are_refused_naming_the_caller() {
+    let d = digest();
+    let with = |line: &str| {
+        block("adapter", "k1", &d).replace("[[caller.key]]", &format!("{line}\n[[caller.key]]"))
+    };
+    refused(
+        &with("max_live_credentials = 0"),
+        &["adapter", "max_live_credentials", "from 1"],
+    );
+    refused(
+        &with("max_live_credentials = -5"),
+        &["adapter", "max_live_credentials"],
+    );
+    refused(
+        &with("mint_rate = { burst = 5 }"),
+        &["adapter", "per_second"],
+    );
+    refused(
+        &with("mint_rate = { per_second = 0 }"),
+        &["adapter", "mint_rate.per_second"],
+    );
+    refused(
+        &with("mint_rate = { per_second = 5, burst = 0 }"),
+        &["adapter", "mint_rate.burst"],
+    );
+    refused(
+        &with("mint_rate = { per_second = 5, brust = 9 }"),
+        &["adapter", "brust"],
+    );
+    refused(
+        &format!(
+            "[defaults]\nmint_rate = {{ per_second = 0 }}\n{}",
+            block("adapter", "k1", &d)
+        ),
+        &["[defaults]", "per_second"],
+    );
+    refused(
+        &format!("[defaults]\nmax_live = 5\n{}", block("adapter", "k1", &d)),
+        &["max_live"],
+    );
 }

@@ -45,6 +45,10 @@ struct Args {
     /// Credentials expiring at once in the sweeper measurement (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     expiring: usize,
+    /// Credentials of one thread expiring together in the thread-shape
+    /// measurement (0 skips it).
+    #[arg(long, default_value_t = 50_000)]
+    thread_expiring: usize,
     /// Requests per h2load and redis-benchmark round.
     #[arg(long, default_value_t = 300_000)]
     requests: usize,
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         args.batch = 2_000;
         args.rounds = 1;
         args.expiring = 20_000;
+        args.thread_expiring = 5_000;
         args.requests = 2_000;
         args.connections = 2;
         args.streams = 4;
@@ -112,6 +117,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.expiring > 0 {
             store_bench::expiry_storm(args.expiring, args.ops, &mut report);
+        }
+        if args.thread_expiring > 0 {
+            store_bench::thread_shapes(args.ops.min(100_000), args.thread_expiring, &mut report);
         }
         store_bench::store_checks(&mut report, &args.sizes);
     }

@@ -101,7 +101,14 @@ pub(crate) fn run_size(plan: StorePlan, size: usize, report: &mut Report) {
         libc::malloc_trim(0);
     }
     let before = resident_bytes();
-    let store = Store::new(StoreConfig::default(), Arc::new(SystemClock::new()));
+    // The budgets raised: the largest size plus its Mint batches passes
+    // the default 10M credentials.
+    let config = StoreConfig {
+        max_credentials: u64::MAX,
+        max_credential_bytes: u64::MAX,
+        ..StoreConfig::default()
+    };
+    let store = Store::new(config, Arc::new(SystemClock::new()));
     let mut ids: Vec<CredentialId> = Vec::with_capacity(size);
     let filling = Instant::now();
     for (i, digest) in digests.iter().enumerate() {
@@ -537,4 +544,136 @@ pub(crate) fn store_checks(report: &mut Report, sizes: &[usize]) {
             revoke_all < 1e6,
         );
     }
+}
+
+/// CPU time of the calling thread, in seconds: what a sweep costs whatever
+/// else the machine runs.
+fn thread_cpu_secs() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec that we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
+    }
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+/// The costs that depend on the shape of one thread: RevokeCredential on a
+/// thread of 1,000 credentials against one of 1 (removal from a thread is
+/// constant time, so the ratio should be about 1), a Mint refused by a
+/// full thread (it reads the thread's records once, to drop dead ones),
+/// and the sweep of `expiring` credentials of one thread expiring together
+/// (the sweeper's cost is what falls due, whatever the threads look like).
+pub(crate) fn thread_shapes(ops: usize, expiring: usize, report: &mut Report) {
+    eprintln!("# store: one thread of 1,000 credentials; {expiring} of one thread expiring");
+    let push = |report: &mut Report, what: String, ns: f64| {
+        report.figures.push(Figure {
+            scope: "store, by thread shape".to_owned(),
+            what,
+            parallelism: 1,
+            ops_per_sec: 1e9 / ns,
+            ..Figure::default()
+        });
+    };
+    let clock = FakeClock::new(SystemClock::new().now());
+    let store = Store::new(StoreConfig::default(), Arc::new(clock.clone()));
+    let new = |thread: &'static str, instance: &'static str| NewCredential {
+        thread_id: thread,
+        provider_instance_id: instance,
+        minted_by: "bench",
+        ..NewCredential::default()
+    };
+    let mint = |thread: &'static str| {
+        store
+            .mint(
+                Token::generate().digest(),
+                new(thread, "provider-instance-0"),
+            )
+            .expect("mint")
+            .credential_id
+    };
+    // Revoke one credential (timed), mint one back (not timed), so the
+    // thread keeps its size; positions are random.
+    let revoke_ns = |thread: &'static str, size: usize| {
+        let mut held: Vec<CredentialId> = (0..size).map(|_| mint(thread)).collect();
+        let order = visiting_order(ops, size);
+        let mut spent = Duration::ZERO;
+        for &at in &order {
+            let started = Instant::now();
+            let done = store.revoke_credential(&held[at as usize], Reach::All);
+            spent += started.elapsed();
+            assert_eq!(done.expect("within reach").revoked, 1);
+            held[at as usize] = mint(thread);
+        }
+        store.revoke_thread(thread, Reach::All);
+        spent.as_nanos() as f64 / order.len() as f64
+    };
+    let big = revoke_ns("thread-of-1000", 1_000);
+    let single = revoke_ns("thread-of-1", 1);
+    push(report, "RevokeCredential, thread of 1,000".to_owned(), big);
+    push(report, "RevokeCredential, thread of 1".to_owned(), single);
+    report.check(
+        "RevokeCredential on a thread of 1,000 ~ on a thread of 1 (<= 1.5x)",
+        format!("{:.2}x ({big:.0} ns vs {single:.0} ns)", big / single),
+        big <= 1.5 * single,
+    );
+
+    for _ in 0..1_000 {
+        mint("full-thread");
+    }
+    let refusals = (ops / 100).max(100);
+    let started = Instant::now();
+    for _ in 0..refusals {
+        let refused = store.mint(Token::generate().digest(), new("full-thread", "p"));
+        assert!(refused.is_err(), "the thread is full");
+    }
+    let refused_ns = started.elapsed().as_nanos() as f64 / refusals as f64;
+    push(
+        report,
+        "Mint refused, thread of 1,000 live".to_owned(),
+        refused_ns,
+    );
+    store.revoke_thread("full-thread", Reach::All);
+
+    let store = Store::new(
+        StoreConfig {
+            max_credentials_per_thread: expiring as u64 + 1,
+            ..StoreConfig::default()
+        },
+        Arc::new(clock.clone()),
+    );
+    for _ in 0..expiring {
+        store
+            .mint(
+                Token::generate().digest(),
+                NewCredential {
+                    idle_timeout: Some(Duration::from_secs(1)),
+                    ..new("one-thread", "provider-instance-0")
+                },
+            )
+            .expect("mint");
+    }
+    clock.advance(Duration::from_secs(2));
+    let cpu = thread_cpu_secs();
+    let swept = store.sweep();
+    let cpu = thread_cpu_secs() - cpu;
+    assert_eq!(swept.removed, expiring, "all of them fell due");
+    push(
+        report,
+        format!(
+            "sweep of {} of one thread expiring together (per credential)",
+            count(expiring)
+        ),
+        cpu * 1e9 / expiring as f64,
+    );
+    report.check(
+        format!(
+            "sweep of {} of one thread expiring together < 3 s CPU",
+            count(expiring)
+        ),
+        format!("{cpu:.3} s"),
+        cpu < 3.0,
+    );
 }
