@@ -26,9 +26,10 @@ const MAX_LEN: usize = 128;
 pub struct RequestId(HeaderValue);
 
 impl RequestId {
-    /// The id's text (always printable ASCII).
+    /// The id's text (always printable ASCII: checked once, when the id
+    /// was made, not again on every log line).
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or("-")
     }
 
     /// A fresh random id: 16 random bytes as hex.

@@ -18,6 +18,7 @@ use crate::request_id::RequestId;
 use crate::store::{
     NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig, ThreadTouch,
 };
+use crate::telemetry::RpcLine;
 use crate::token::{self, CredentialId, Token};
 use crate::transport::{Peer, PeerInfo};
 use crate::validate::{FieldViolation, Violations};
@@ -141,35 +142,29 @@ impl AuthorityService {
             Err(failure) => failure.credential_id(),
             Ok(_) => None,
         });
-        let credential = tracing::field::display(LoggedId(credential_id));
         let (caller, key_id) = call.identity();
-        let (caller_name, key_id) = (caller.unwrap_or("-"), key_id.unwrap_or("-"));
+        let line = RpcLine {
+            method: call.method,
+            request_id: call.request_id(),
+            caller: caller.unwrap_or("-"),
+            key_id: key_id.unwrap_or("-"),
+            credential_id,
+            outcome: "OK",
+            code: None,
+            latency_us,
+        };
         match outcome {
             Ok(response) => {
-                tracing::info!(
-                    method = %call.method,
-                    request_id = %call.request_id(),
-                    caller = %caller_name,
-                    key_id = %key_id,
-                    credential_id = credential,
-                    outcome = %"OK",
-                    latency_us,
-                    "rpc"
-                );
+                line.write();
                 Ok(Response::new(response))
             }
             Err(failure) => {
-                tracing::info!(
-                    method = %call.method,
-                    request_id = %call.request_id(),
-                    caller = %caller_name,
-                    key_id = %key_id,
-                    credential_id = credential,
-                    outcome = %failure.reason(),
-                    code = ?failure.code(),
-                    latency_us,
-                    "rpc"
-                );
+                RpcLine {
+                    outcome: failure.reason(),
+                    code: Some(failure.code()),
+                    ..line
+                }
+                .write();
                 if failure.is_caller_denial() {
                     self.audit_denial(&call, &failure, credential_id);
                 }
@@ -263,19 +258,6 @@ fn reach(caller: &Principal) -> Reach<'_> {
         Reach::All
     } else {
         Reach::MintedBy(&caller.name)
-    }
-}
-
-/// A credential id in a log line, `-` when there is none; formatted in
-/// place, without a String per call.
-struct LoggedId(Option<CredentialId>);
-
-impl std::fmt::Display for LoggedId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(id) => id.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 

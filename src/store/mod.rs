@@ -33,6 +33,7 @@
 //! a token: it is keyed by [`TokenDigest`].
 
 mod index;
+pub mod journal;
 mod mint;
 mod owner_calls;
 mod record;

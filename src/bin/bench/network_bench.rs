@@ -500,6 +500,10 @@ fn start_server(
     let log = std::fs::File::create(&log_path)?;
     let child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "2s"])
+        // h2load sends one Mint frame over and over, so every Mint is on
+        // one thread: the per-thread limit is raised (the bench measures
+        // the server's speed, not its limits).
+        .args(["--max-credentials-per-thread", "1000000000"])
         .arg("--state-dir")
         .arg(&state_dir)
         .args(flags)
@@ -528,6 +532,9 @@ fn start_server(
             let key = std::fs::read_to_string(state_dir.join("admin.key"))
                 .ok()
                 .map(|key| key.trim().to_owned());
+            if key.is_some() {
+                lift_quotas(&state_dir, &log_path, child.0.id())?;
+            }
             return Ok(Target {
                 _process: child,
                 addr,
@@ -540,6 +547,35 @@ fn start_server(
         }
         if Instant::now() > deadline {
             bail!("server did not report its address:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Raises every caller's quotas in the server's callers file and has it
+/// reload (SIGHUP): the default Mint rate (1,000/s) is far below what the
+/// Mint rows send, and they measure the server, not its quotas.
+fn lift_quotas(state_dir: &Path, log_path: &Path, pid: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(state_dir.join("callers.toml"))?;
+    writeln!(
+        file,
+        "\n[defaults]\nmax_live_credentials = 1000000000\n\
+         mint_rate = {{ per_second = 4294967295, burst = 4294967295 }}"
+    )?;
+    drop(file);
+    // SAFETY: signals our own child, which is alive (its log is being read).
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
+        if text.contains("callers reloaded") {
+            return Ok(());
+        }
+        if text.contains("callers file refused") || Instant::now() > deadline {
+            bail!("the server did not take the raised quotas:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

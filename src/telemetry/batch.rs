@@ -1,4 +1,5 @@
-//! Logging: one line per RPC, written off the calling thread in batches.
+//! The log writer: lines appended to an in-memory buffer, written to stdout
+//! off the calling thread in batches.
 //!
 //! An RPC only appends its formatted line to an in-memory buffer (one short
 //! uncontended lock). A background thread swaps the buffer out and writes
@@ -13,7 +14,6 @@
 //! stalls: past [`MAX_BUFFERED`] bytes, lines are dropped and counted, and the
 //! count is written as soon as stdout takes lines again.
 
-use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,9 +21,6 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
-
-use crate::config::LogFormat;
 
 /// How long lines wait at most before the writer thread writes them, while
 /// lines keep coming.
@@ -31,24 +28,6 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Bytes held in memory at most while stdout does not keep up.
 const MAX_BUFFERED: usize = 16 * 1024 * 1024;
-
-/// Installs the global subscriber. Keep the guard until exit: dropping it
-/// writes the lines still buffered.
-pub fn init(format: LogFormat) -> FlushGuard {
-    let (writer, guard) = BatchWriter::spawn(std::io::stdout());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // No module path in the line: every line of this small binary would
-    // carry the same few, and the RPC line is formatted on the request path.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    guard
-}
 
 /// State shared by the writers (every RPC) and the writer thread.
 struct Batch {

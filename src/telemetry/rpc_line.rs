@@ -1,0 +1,545 @@
+//! The RPC line: the one log event of every call, and the formatter that
+//! writes it without the general formatting machinery.
+//!
+//! `tracing-subscriber`'s stock formatters spend most of their time, on a
+//! line that is written for every call, in what a fixed line does not need:
+//! the timestamp rebuilt from the calendar on every event, every field name
+//! painted through the colour layer even with colour off, and every piece
+//! written through its own `fmt::Arguments`. That cost 11K instructions per
+//! Resolve (callgrind), about as much as the rest of the call. This
+//! formatter writes the same bytes straight into the line: the seconds of
+//! the timestamp rendered once per second per thread, names and values
+//! appended, integers with `itoa`. Where it is installed, the line's text
+//! fields go as `&str` rather than as `Display` values, which saves their
+//! trip through `fmt` too (the stock text formatter would quote them, so
+//! they go that way only to a formatter that writes them all).
+//!
+//! It takes only the RPC line (by name and target), and only when it can
+//! write what the stock formatter would: no colour, and for JSON no span in
+//! scope (text writes the span prefix as the stock one does). Everything
+//! else goes to the stock formatter, so the two can never disagree on a
+//! line. The tests hold the two side by side on the same events.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::token::CredentialId;
+
+/// The target of the RPC line: the module that has always written it, so
+/// that a filter such as `RUST_LOG=info,credential_authority::service=warn`
+/// still turns the line off.
+pub const RPC_TARGET: &str = "credential_authority::service";
+
+/// The event name the formatter knows the RPC line by (not written in the
+/// line; the message is `rpc` too).
+const RPC_NAME: &str = "rpc";
+
+/// One call's log line: what was called, by whom, on which credential, how
+/// it ended and how long it took. It holds no token and no key: there is
+/// no field for one.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcLine<'a> {
+    /// The RPC's name, e.g. `Resolve`.
+    pub method: &'a str,
+    /// The call's request id (`-` when there is none).
+    pub request_id: &'a str,
+    /// The authenticated caller's name (`-` when not authenticated).
+    pub caller: &'a str,
+    /// The caller's key id (`-` when none).
+    pub key_id: &'a str,
+    /// The credential the call was about, when it knows one.
+    pub credential_id: Option<CredentialId>,
+    /// `OK`, or the failure's ErrorInfo reason.
+    pub outcome: &'a str,
+    /// The gRPC code of a failure (none on success).
+    pub code: Option<tonic::Code>,
+    /// Time from the call's start to its answer, in microseconds.
+    pub latency_us: u64,
+}
+
+/// Whether the installed formatter is an [`RpcLineFormat`] that writes
+/// every RPC line itself (see [`set_raw_fields`]). Then the line's
+/// text fields go as `&str`, which costs a fraction of a `Display` value
+/// through `fmt`; otherwise as `Display` values, which is what the stock
+/// formatter needs to write them unquoted.
+static RAW_FIELDS: AtomicBool = AtomicBool::new(false);
+
+/// Emits the RPC line's event; `$text` marks how its text fields go
+/// (`%` as `Display`, or nothing as `&str`), `$($code)*` the optional code.
+macro_rules! rpc_event {
+    ($line:expr, $credential:expr, ($($text:tt)?) $(, $code:expr)?) => {
+        tracing::info!(
+            name: RPC_NAME,
+            target: RPC_TARGET,
+            message = $($text)? RPC_NAME,
+            method = $($text)? $line.method,
+            request_id = $($text)? $line.request_id,
+            caller = $($text)? $line.caller,
+            key_id = $($text)? $line.key_id,
+            credential_id = $credential,
+            outcome = $($text)? $line.outcome,
+            $(code = ?$code,)?
+            latency_us = $line.latency_us
+        )
+    };
+}
+
+impl RpcLine<'_> {
+    /// Emits the line as an INFO event: `rpc method=... request_id=...
+    /// caller=... key_id=... credential_id=... outcome=... [code=...]
+    /// latency_us=...`, the field names a log query uses.
+    pub fn write(&self) {
+        self.write_as(RAW_FIELDS.load(Ordering::Relaxed));
+    }
+
+    /// Emits the line with its text fields as `&str` (`raw`) or as
+    /// `Display` values; both are written the same by [`RpcLineFormat`].
+    fn write_as(&self, raw: bool) {
+        let credential = tracing::field::display(LoggedId(self.credential_id));
+        match (raw, self.code) {
+            (true, None) => rpc_event!(self, credential, ()),
+            (true, Some(code)) => rpc_event!(self, credential, (), code),
+            (false, None) => rpc_event!(self, credential, (%)),
+            (false, Some(code)) => rpc_event!(self, credential, (%), code),
+        }
+    }
+}
+
+/// A credential id in a log line, `-` when there is none; formatted in
+/// place, without a String per call.
+struct LoggedId(Option<CredentialId>);
+
+impl fmt::Display for LoggedId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(id) => id.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The event formatter: the RPC line written directly, everything else by
+/// `stock` (the formatter the line's bytes must match).
+#[derive(Debug)]
+pub struct RpcLineFormat<F> {
+    stock: F,
+    json: bool,
+    /// The wall clock (a fixed one in tests).
+    now: fn() -> SystemTime,
+}
+
+impl<F> RpcLineFormat<F> {
+    /// Over the stock text formatter (`Format<Full>`, target off).
+    pub fn text(stock: F) -> Self {
+        RpcLineFormat {
+            stock,
+            json: false,
+            now: SystemTime::now,
+        }
+    }
+
+    /// Over the stock JSON formatter (`Format<Json>`, flattened, target
+    /// off).
+    pub fn json(stock: F) -> Self {
+        RpcLineFormat {
+            stock,
+            json: true,
+            now: SystemTime::now,
+        }
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for RpcLineFormat<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let ours = meta.name() == RPC_NAME
+            && meta.target() == RPC_TARGET
+            && !writer.has_ansi_escapes()
+            // The stock JSON formatter writes spans as objects of their
+            // fields; the text one as a prefix, written here too.
+            && (!self.json || ctx.event_scope().is_none());
+        if ours {
+            let written = LINE.with(|line| {
+                // Busy only if a field's formatting logged (re-entered).
+                let mut line = line.try_borrow_mut().ok()?;
+                line.clear();
+                let sanitize = writer.sanitizes_ansi_escapes();
+                self.write_line(&mut line, ctx, event, sanitize)?;
+                Some(writer.write_str(&line))
+            });
+            if let Some(result) = written {
+                return result;
+            }
+        }
+        self.stock.format_event(ctx, writer, event)
+    }
+}
+
+/// Chooses how [`RpcLine::write`] emits its text fields: as `&str` when
+/// `raw`, which only a formatter that writes them unquoted may see (an
+/// [`RpcLineFormat`] for JSON, or for text without colour), else as
+/// `Display` values.
+pub(super) fn set_raw_fields(raw: bool) {
+    RAW_FIELDS.store(raw, Ordering::Relaxed);
+}
+
+thread_local! {
+    /// The line being built, reused by every call on this thread.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The seconds of the latest timestamp this thread wrote and their
+    /// text, `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+impl<F> RpcLineFormat<F> {
+    /// Builds the whole line in `line`, or says `None` when only the stock
+    /// formatter can write it (a time it cannot render, a field kind it
+    /// prints differently).
+    fn write_line<S, N>(
+        &self,
+        line: &mut String,
+        ctx: &FmtContext<'_, S, N>,
+        event: &Event<'_>,
+        sanitize: bool,
+    ) -> Option<()>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let level = *event.metadata().level();
+        if self.json {
+            line.push_str("{\"timestamp\":\"");
+            push_timestamp(line, (self.now)())?;
+            line.push_str("\",\"level\":\"");
+            line.push_str(level.as_str());
+            line.push('"');
+        } else {
+            push_timestamp(line, (self.now)())?;
+            line.push(' ');
+            line.push_str(padded(level));
+            line.push(' ');
+            push_spans(line, ctx);
+        }
+        let mut visitor = FieldVisitor {
+            line,
+            json: self.json,
+            sanitize,
+            first: true,
+            faithful: true,
+        };
+        event.record(&mut visitor);
+        if !visitor.faithful {
+            return None;
+        }
+        line.push_str(if self.json { "}\n" } else { "\n" });
+        Some(())
+    }
+}
+
+/// The spans in scope, root first, as the stock text formatter writes them
+/// without colour: `name{fields}:` each, then a space.
+fn push_spans<S, N>(line: &mut String, ctx: &FmtContext<'_, S, N>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let Some(scope) = ctx.event_scope() else {
+        return;
+    };
+    let mut seen = false;
+    for span in scope.from_root() {
+        seen = true;
+        line.push_str(span.metadata().name());
+        if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+            if !fields.is_empty() {
+                line.push('{');
+                line.push_str(fields);
+                line.push('}');
+            }
+        }
+        line.push(':');
+    }
+    if seen {
+        line.push(' ');
+    }
+}
+
+/// The level as the stock text formatter writes it, right-aligned to five.
+fn padded(level: Level) -> &'static str {
+    match level {
+        Level::TRACE => "TRACE",
+        Level::DEBUG => "DEBUG",
+        Level::INFO => " INFO",
+        Level::WARN => " WARN",
+        _ => "ERROR",
+    }
+}
+
+/// Appends `now` as RFC 3339 UTC with microseconds, as the stock timer
+/// writes it (`2026-12-02T10:11:12.345678Z`). `None` outside 1970..=9999,
+/// which the stock timer writes its own way.
+fn push_timestamp(line: &mut String, now: SystemTime) -> Option<()> {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let since = now.duration_since(UNIX_EPOCH).ok()?;
+    let secs = since.as_secs();
+    if secs >= YEAR_10000 {
+        return None;
+    }
+    let text = SECOND.with(|second| match second.get() {
+        (cached, text) if cached == secs => text,
+        _ => {
+            let text = render_second(secs);
+            second.set((secs, text));
+            text
+        }
+    });
+    line.push_str(std::str::from_utf8(&text).ok()?);
+    let mut micros = since.subsec_micros();
+    let mut digits = [b'0'; 8];
+    digits[0] = b'.';
+    digits[7] = b'Z';
+    for digit in digits[1..7].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    line.push_str(std::str::from_utf8(&digits).ok()?);
+    Some(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch before year 10000.
+fn render_second(secs: u64) -> [u8; 19] {
+    /// Collects the first 19 bytes written to it.
+    struct Prefix([u8; 19], usize);
+    impl fmt::Write for Prefix {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for &byte in s.as_bytes() {
+                if let Some(slot) = self.0.get_mut(self.1) {
+                    *slot = byte;
+                }
+                self.1 += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut prefix = Prefix([b'0'; 19], 0);
+    let at = UNIX_EPOCH + Duration::from_secs(secs);
+    // Always Ok before year 10000, the only times asked for.
+    let _ = write!(prefix, "{}", humantime::format_rfc3339_seconds(at));
+    prefix.0
+}
+
+/// Writes the event's fields the way the stock `DefaultVisitor` (text) or
+/// `tracing_serde::SerdeMapVisitor` (JSON, flattened) does.
+struct FieldVisitor<'a> {
+    line: &'a mut String,
+    json: bool,
+    /// Escape terminal control characters in the message, as the stock
+    /// text formatter does.
+    sanitize: bool,
+    /// No field written yet (text: no separating space before it).
+    first: bool,
+    /// Still byte for byte what the stock formatter would write.
+    faithful: bool,
+}
+
+impl FieldVisitor<'_> {
+    /// Starts a field: `,"name":` (JSON) or ` name=` (text).
+    fn name(&mut self, field: &Field) {
+        if self.json {
+            self.line.push_str(",\"");
+            let _ = JsonEscaped(self.line).write_str(field.name());
+            self.line.push_str("\":");
+        } else {
+            self.space();
+            let name = field.name();
+            self.line.push_str(name.strip_prefix("r#").unwrap_or(name));
+            self.line.push('=');
+        }
+    }
+
+    fn space(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.line.push(' ');
+        }
+    }
+
+    /// An integer: a JSON number, or its digits in text.
+    fn integer(&mut self, field: &Field, value: impl itoa::Integer) {
+        if !self.json && field.name().starts_with("log.") {
+            self.faithful = false;
+            return;
+        }
+        self.name(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
+    }
+}
+
+impl Visit for FieldVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.json {
+            self.name(field);
+            self.line.push('"');
+            let _ = write!(JsonEscaped(self.line), "{value:?}");
+            self.line.push('"');
+            return;
+        }
+        match field.name() {
+            "message" => {
+                self.space();
+                if self.sanitize {
+                    let _ = write!(AnsiEscaped(self.line), "{value:?}");
+                } else {
+                    let _ = write!(self.line, "{value:?}");
+                }
+            }
+            // The stock text formatter leaves these out (log records).
+            name if name.starts_with("log.") => self.faithful = false,
+            _ => {
+                self.name(field);
+                let _ = write!(self.line, "{value:?}");
+            }
+        }
+    }
+
+    /// Only the RPC line's raw text fields come here (see [`RAW_FIELDS`]):
+    /// written as the stock formatter writes their `Display` form.
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.json {
+            self.name(field);
+            self.line.push('"');
+            let _ = JsonEscaped(self.line).write_str(value);
+            self.line.push('"');
+        } else if field.name() == "message" {
+            self.space();
+            if self.sanitize {
+                let _ = AnsiEscaped(self.line).write_str(value);
+            } else {
+                self.line.push_str(value);
+            }
+        } else if field.name().starts_with("log.") {
+            self.faithful = false;
+        } else {
+            self.name(field);
+            self.line.push_str(value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.integer(field, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.integer(field, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.json {
+            self.name(field);
+            self.line.push_str(if value { "true" } else { "false" });
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.json {
+            // serde_json's own rendering (`null` for NaN and infinities).
+            match serde_json::to_string(&value) {
+                Ok(number) => {
+                    self.name(field);
+                    self.line.push_str(&number);
+                }
+                Err(_) => self.faithful = false,
+            }
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.json {
+            self.record_debug(field, &tracing::field::display(value));
+        } else {
+            // The stock text formatter lists the error's sources.
+            self.faithful = false;
+        }
+    }
+}
+
+/// Appends what is written to it as the inside of a JSON string, escaped
+/// as `serde_json` escapes it.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut start = 0;
+        for (i, byte) in s.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            self.0.push_str(&s[start..i]);
+            if escape.is_empty() {
+                self.0.push_str("\\u00");
+                self.0.push(char::from(HEX[usize::from(byte >> 4)]));
+                self.0.push(char::from(HEX[usize::from(byte & 0xf)]));
+            } else {
+                self.0.push_str(escape);
+            }
+            start = i + 1;
+        }
+        self.0.push_str(&s[start..]);
+        Ok(())
+    }
+}
+
+/// Appends what is written to it with terminal control characters spelled
+/// out, as the stock text formatter writes a message.
+struct AnsiEscaped<'a>(&'a mut String);
+
+impl fmt::Write for AnsiEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for ch in s.chars() {
+            match ch {
+                '\x1b' => self.0.push_str("\\x1b"),
+                '\x07' => self.0.push_str("\\x07"),
+                '\x08' => self.0.push_str("\\x08"),
+                '\x0c' => self.0.push_str("\\x0c"),
+                '\x7f' => self.0.push_str("\\x7f"),
+                '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", ch as u32)?,
+                _ => self.0.push(ch),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

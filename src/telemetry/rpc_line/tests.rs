@@ -1,0 +1,357 @@
+//! The RPC line's formatter against the stock one, byte for byte.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tracing_subscriber::fmt::format::{self, DefaultFields, JsonFields};
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::MakeWriter;
+
+use super::*;
+
+/// 2026-12-02T10:11:12.034567Z, a time with a leading zero in its
+/// microseconds.
+fn fixed() -> SystemTime {
+    UNIX_EPOCH + Duration::new(1_796_206_272, 34_567_891)
+}
+
+/// The stock formatter's timer at [`fixed`]; the shape of its text is
+/// checked against the stock `SystemTime` timer apart.
+struct FixedTimer;
+
+impl FormatTime for FixedTimer {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        write!(w, "{}", humantime::format_rfc3339_micros(fixed()))
+    }
+}
+
+/// Collects what a subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().clone()).unwrap()
+    }
+}
+
+/// A formatter that counts the events it formats, to tell which path
+/// wrote a line.
+struct Counting<F>(F, Arc<AtomicUsize>);
+
+impl<S, N, F> FormatEvent<S, N> for Counting<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Lines that exercise every field and every escape either format has.
+fn lines() -> Vec<RpcLine<'static>> {
+    let id = CredentialId::generate();
+    let ok = RpcLine {
+        method: "Resolve",
+        request_id: "0123456789abcdef0123456789abcdef",
+        caller: "admin",
+        key_id: "key-2fffcde1",
+        credential_id: Some(id),
+        outcome: "OK",
+        code: None,
+        latency_us: 128,
+    };
+    vec![
+        ok,
+        RpcLine {
+            credential_id: None,
+            latency_us: 0,
+            ..ok
+        },
+        RpcLine {
+            method: "Mint",
+            caller: "-",
+            key_id: "-",
+            credential_id: None,
+            outcome: "CALLER_UNAUTHENTICATED",
+            code: Some(tonic::Code::Unauthenticated),
+            latency_us: u64::MAX,
+            ..ok
+        },
+        RpcLine {
+            caller: "quote\" back\\slash new\nline tab\t cr\r nul\0 esc\x1b del\x7f bell\x07",
+            key_id: "c1\u{85} bidi\u{202e} é 🦀 \u{1f}",
+            outcome: "TOKEN_UNKNOWN",
+            code: Some(tonic::Code::NotFound),
+            ..ok
+        },
+    ]
+}
+
+/// Writes `lines` through a subscriber with `format`, and says how many
+/// events reached the stock formatter.
+fn write_with<F>(format: F, json: bool, ansi: bool, emit: impl Fn()) -> String
+where
+    F: FormatEvent<tracing_subscriber::Registry, DefaultFields>
+        + FormatEvent<tracing_subscriber::Registry, JsonFields>
+        + Send
+        + Sync
+        + 'static,
+{
+    let capture = Capture::default();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(ansi);
+    if json {
+        let subscriber = builder
+            .fmt_fields(JsonFields::new())
+            .event_format(format)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+    } else {
+        let subscriber = builder.event_format(format).finish();
+        tracing::subscriber::with_default(subscriber, emit);
+    }
+    capture.text()
+}
+
+fn stock_text() -> format::Format<format::Full, FixedTimer> {
+    format::format().with_target(false).with_timer(FixedTimer)
+}
+
+fn stock_json() -> format::Format<format::Json, FixedTimer> {
+    format::format()
+        .with_target(false)
+        .with_timer(FixedTimer)
+        .json()
+        .flatten_event(true)
+}
+
+fn ours<F>(format: RpcLineFormat<F>) -> RpcLineFormat<F> {
+    RpcLineFormat {
+        now: fixed,
+        ..format
+    }
+}
+
+/// Catches: any byte of the RPC line that differs from the stock text
+/// formatter's (a missing space, a quoted value, an unescaped control
+/// character in the message, a timestamp without its leading zeros), and a
+/// fast path that is never taken (the comparison would pass trivially).
+#[test]
+fn the_text_line_is_the_stock_line() {
+    let lines = lines();
+    let emit = || lines.iter().for_each(RpcLine::write);
+    let stock = write_with(stock_text(), false, false, emit);
+    let reached_stock = Arc::new(AtomicUsize::new(0));
+    let fast = write_with(
+        ours(RpcLineFormat::text(Counting(
+            stock_text(),
+            reached_stock.clone(),
+        ))),
+        false,
+        false,
+        emit,
+    );
+    assert_eq!(fast, stock);
+    assert_eq!(reached_stock.load(Ordering::Relaxed), 0, "fast path taken");
+    // The text format writes a caller's newline as it is, like the stock one.
+    assert_eq!(stock.matches(" INFO rpc method=").count(), lines.len());
+    assert!(
+        stock.starts_with("2026-12-02T10:11:12.034567Z  INFO rpc method=Resolve request_id="),
+        "{stock}"
+    );
+    assert!(stock.contains(" outcome=TOKEN_UNKNOWN code=NotFound latency_us=128\n"));
+}
+
+/// Catches: a JSON line that is not the stock one (key order, a number
+/// written as a string, an escape serde_json writes differently) or not
+/// valid JSON.
+#[test]
+fn the_json_line_is_the_stock_line() {
+    let lines = lines();
+    let emit = || lines.iter().for_each(RpcLine::write);
+    let stock = write_with(stock_json(), true, false, emit);
+    let reached_stock = Arc::new(AtomicUsize::new(0));
+    let fast = write_with(
+        ours(RpcLineFormat::json(Counting(
+            stock_json(),
+            reached_stock.clone(),
+        ))),
+        true,
+        false,
+        emit,
+    );
+    assert_eq!(fast, stock);
+    assert_eq!(reached_stock.load(Ordering::Relaxed), 0, "fast path taken");
+    for (line, expected) in fast.lines().zip(&lines) {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["caller"], expected.caller);
+        assert_eq!(value["latency_us"], expected.latency_us);
+        assert_eq!(value["message"], "rpc");
+    }
+    assert!(
+        stock.starts_with(
+            "{\"timestamp\":\"2026-12-02T10:11:12.034567Z\",\"level\":\"INFO\",\"message\":\"rpc\",\"method\":\"Resolve\",\"request_id\":"
+        ),
+        "{stock}"
+    );
+}
+
+/// Catches: the RPC line inside a span losing the span (text writes it as
+/// the stock formatter does; JSON leaves the line to the stock formatter),
+/// other events not left to the stock formatter, and a coloured line taken
+/// by the fast path (it writes no colour).
+#[test]
+fn spans_colour_and_other_events() {
+    let line = lines()[0];
+    let emit = |raw: bool| {
+        move || {
+            tracing::info!(answer = 42, "not the rpc line");
+            tracing::info_span!("outer", peer = "x")
+                .in_scope(|| tracing::info_span!("inner").in_scope(|| line.write_as(raw)));
+        }
+    };
+    let stock = write_with(stock_text(), false, false, emit(false));
+    assert!(
+        stock.contains(" INFO outer{peer=\"x\"}:inner: rpc method="),
+        "{stock}"
+    );
+    let stock_json_line = write_with(stock_json(), true, false, emit(false));
+    assert!(stock_json_line.contains("\"spans\":["), "{stock_json_line}");
+    for raw in [true, false] {
+        let reached_stock = Arc::new(AtomicUsize::new(0));
+        let fast = write_with(
+            ours(RpcLineFormat::text(Counting(
+                stock_text(),
+                reached_stock.clone(),
+            ))),
+            false,
+            false,
+            emit(raw),
+        );
+        assert_eq!(fast, stock, "raw: {raw}");
+        assert_eq!(
+            reached_stock.load(Ordering::Relaxed),
+            1,
+            "only the other event"
+        );
+
+        let reached_stock = Arc::new(AtomicUsize::new(0));
+        let fast = write_with(
+            ours(RpcLineFormat::json(Counting(
+                stock_json(),
+                reached_stock.clone(),
+            ))),
+            true,
+            false,
+            emit(raw),
+        );
+        assert_eq!(fast, stock_json_line, "raw: {raw}");
+        assert_eq!(reached_stock.load(Ordering::Relaxed), 2, "both");
+    }
+
+    // With colour the fields go as Display values (see `set_raw_fields`).
+    let emit = || line.write_as(false);
+    let reached_stock = Arc::new(AtomicUsize::new(0));
+    let stock = write_with(stock_text(), false, true, emit);
+    let fast = write_with(
+        ours(RpcLineFormat::text(Counting(
+            stock_text(),
+            reached_stock.clone(),
+        ))),
+        false,
+        true,
+        emit,
+    );
+    assert_eq!(fast, stock);
+    assert_eq!(reached_stock.load(Ordering::Relaxed), 1, "colour");
+    assert!(stock.contains('\x1b'), "{stock:?}");
+}
+
+/// Catches: a cached second reused for the next or previous second, a
+/// wrong calendar at leap days and year ends, micros without leading zeros
+/// or rounded instead of cut; and times the stock timer writes its own
+/// way (before 1970, from year 10000) not being left to it.
+#[test]
+fn timestamps_are_those_of_the_stock_timer() {
+    let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+    let times = [
+        at(0, 0),
+        at(951_782_400, 999_999_999), // 2000-02-29
+        at(951_868_799, 1_000),       // 2000-02-29T23:59:59
+        at(951_868_800, 0),           // 2000-03-01
+        at(4_107_542_399, 5),         // 2100-02-28T23:59:59
+        at(4_107_542_400, 7_000),     // 2100-03-01
+        at(1_796_206_272, 34_567_891),
+        at(1_796_206_272, 999_999),
+        at(1_796_206_273, 0),
+        at(1_796_206_271, 123_456_000),
+        at(253_402_300_799, 999_999_999), // 9999-12-31T23:59:59
+    ];
+    for time in times {
+        let mut line = String::new();
+        push_timestamp(&mut line, time).unwrap();
+        assert_eq!(
+            line,
+            humantime::format_rfc3339_micros(time).to_string(),
+            "{time:?}"
+        );
+    }
+    assert!(push_timestamp(&mut String::new(), at(253_402_300_800, 0)).is_none());
+    assert!(push_timestamp(&mut String::new(), UNIX_EPOCH - Duration::from_secs(1)).is_none());
+
+    // The stock timer writes the same shape: its text of the time just
+    // before and just after ours brackets ours.
+    let stock = || {
+        let mut text = String::new();
+        tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut Writer::new(&mut text))
+            .unwrap();
+        text
+    };
+    let before = stock();
+    let mut line = String::new();
+    push_timestamp(&mut line, SystemTime::now()).unwrap();
+    let after = stock();
+    assert_eq!(before.len(), line.len());
+    assert!(before <= line && line <= after, "{before} {line} {after}");
+}
+
+/// Catches: an escape that differs from serde_json's for any ASCII
+/// character, or a multi-byte character cut.
+#[test]
+fn json_escapes_are_serde_jsons() {
+    let mut all: String = (0u8..=0x7f).map(char::from).collect();
+    all.push_str("é 🦀 \u{2028}\u{85}");
+    let mut ours = String::from("\"");
+    JsonEscaped(&mut ours).write_str(&all).unwrap();
+    ours.push('"');
+    assert_eq!(ours, serde_json::to_string(&all).unwrap());
+}
