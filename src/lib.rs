@@ -18,6 +18,8 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod request_id;
 pub mod server;

@@ -150,20 +150,11 @@ pub async fn run(
                     .max_decoding_message_size(max_message),
             );
     }
-    routes.add_service(
-        CredentialAuthorityServer::new(authority)
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message),
-    );
+    routes.add_service(authority_server(authority, max_message));
     let routes = routes.routes().prepare();
     let guard = GuardLayer::new(settings.guard.clone());
     // One stack per connection, over the shared routes and pools.
-    let stack = move |_: &PeerInfo| {
-        ServiceBuilder::new()
-            .layer(RequestIdLayer)
-            .layer(guard.clone())
-            .service(routes.clone())
-    };
+    let stack = move |_: &PeerInfo| call_stack(&guard, routes.clone());
     let serving = http2::serve(incoming, settings.http2.clone(), stack, async {
         let _ = stopped.await;
     });
@@ -196,6 +187,30 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The authority as the routes hold it: requests and responses limited to
+/// `max_message` bytes. Public, with [`call_stack`], so the in-process fuzz
+/// target (`fuzzing::rpc_bodies`) runs what the server runs.
+pub fn authority_server(
+    authority: AuthorityService,
+    max_message: usize,
+) -> CredentialAuthorityServer<AuthorityService> {
+    CredentialAuthorityServer::new(authority)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
+}
+
+/// What every call passes through before its route: the request id, then
+/// the guard's limits and rewrites.
+pub fn call_stack<S>(
+    guard: &GuardLayer,
+    routes: S,
+) -> crate::request_id::RequestIdService<crate::guard::Guard<S>> {
+    ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(guard.clone())
+        .service(routes)
 }
 
 /// What a reload refreshes.

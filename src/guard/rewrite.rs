@@ -1,14 +1,19 @@
 //! tonic's own refusals, turned into the contract's: an oversized message
 //! is refused by tonic with OUT_OF_RANGE and no ErrorInfo; here it becomes
 //! RESOURCE_EXHAUSTED REQUEST_TOO_LARGE part=message, and its UNIMPLEMENTED
-//! for an unknown service or method becomes METHOD_UNKNOWN. Any other
-//! status without ErrorInfo that passes by at least gets a log line.
+//! for an unknown service or method becomes METHOD_UNKNOWN. A body it
+//! cannot decode (not one well-formed gRPC frame, or not the RPC's
+//! protobuf message), which it refuses INTERNAL, becomes INVALID_ARGUMENT
+//! INVALID_REQUEST naming the field prost names (found by the `rpc_bodies`
+//! fuzz target). Any other status without ErrorInfo that passes by at
+//! least gets a log line.
 
 use http::HeaderMap;
 use tonic::Code;
 
 use super::CallContext;
 use crate::error::Failure;
+use crate::validate::FieldViolation;
 
 /// The header that carries a gRPC status.
 const GRPC_STATUS: &str = "grpc-status";
@@ -18,6 +23,8 @@ const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
 const DECODE_TOO_LARGE: &str = "decoded message length too large";
 /// tonic's words for a response message over the encoding limit.
 const ENCODE_TOO_LARGE: &str = "encoded message length too large";
+/// The field a violation names when the body as a whole is unreadable.
+const WHOLE_REQUEST: &str = "request";
 
 /// For a trailers-only response (`headers` hold the status) or the
 /// trailers of a streamed one: the failure to answer with instead, when
@@ -52,6 +59,11 @@ pub(super) fn trailers_only(
         }
         return Some(Failure::UnknownMethod { rpc });
     }
+    if matches!(status.code(), Code::Internal | Code::Unknown) {
+        // Nothing but decoding a request makes tonic answer these: the
+        // handlers' own failures all carry ErrorInfo.
+        return Some(undecodable(&status, call));
+    }
     if status.message().contains(ENCODE_TOO_LARGE) {
         tracing::warn!(
             rpc = %call.rpc.path(),
@@ -70,6 +82,47 @@ pub(super) fn trailers_only(
         );
     }
     None
+}
+
+/// A request body tonic could not decode, as the violation of the field
+/// prost names, or of the whole request when the frame itself is bad (a
+/// compressed flag without `grpc-encoding`, a frame cut short, none).
+fn undecodable(status: &tonic::Status, call: &CallContext) -> Failure {
+    let rpc = call.rpc.path().rsplit('/').next().unwrap_or_default();
+    let (field, problem) = decode_error_field(status.message());
+    Failure::InvalidArgument(vec![FieldViolation {
+        description: format!(
+            "{field}: the request is not a well-formed {rpc}Request in one gRPC message \
+             ({problem}); fix the client, retrying unchanged cannot succeed"
+        ),
+        field: field.into(),
+    }])
+}
+
+/// The top-level field prost names in its decode error, and what is
+/// wrong; the whole request when the error is about the frame rather than
+/// a field. prost lists `Message.field: ` pairs innermost first
+/// (`failed to decode Protobuf message: Duration.seconds:
+/// MintRequest.idle_timeout: invalid varint`), so the last pair is the
+/// request's own field.
+fn decode_error_field(message: &str) -> (String, &str) {
+    let Some(mut rest) = message.strip_prefix("failed to decode Protobuf message: ") else {
+        return (WHOLE_REQUEST.to_owned(), message);
+    };
+    let is_name = |text: &str| {
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let mut field = None;
+    while let Some((pair, after)) = rest.split_once(": ") {
+        match pair.split_once('.') {
+            Some((message, name)) if is_name(message) && is_name(name) => {
+                field = Some(name);
+                rest = after;
+            }
+            _ => break,
+        }
+    }
+    (field.unwrap_or(WHOLE_REQUEST).to_owned(), rest)
 }
 
 #[cfg(test)]
@@ -115,5 +168,52 @@ mod tests {
             Some(Failure::UnknownMethod { rpc }) => assert_eq!(rpc, "/a.B/C"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Catches: tonic's INTERNAL for an undecodable body passed through,
+    /// or a field prost names not reported as that field.
+    #[test]
+    fn undecodable_bodies_name_the_field() {
+        let mut map = HeaderMap::new();
+        tonic::Status::internal(
+            "failed to decode Protobuf message: MintRequest.thread_id: invalid string value: \
+             data is not UTF-8 encoded",
+        )
+        .add_header(&mut map)
+        .unwrap();
+        match trailers_only(&map, &call(), 1) {
+            Some(Failure::InvalidArgument(violations)) => {
+                assert_eq!(violations.len(), 1);
+                assert_eq!(violations[0].field, "thread_id");
+                assert!(violations[0].description.contains("not UTF-8"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decode_error_field(
+                "failed to decode Protobuf message: Duration.seconds: MintRequest.idle_timeout: \
+                 invalid varint"
+            ),
+            ("idle_timeout".to_owned(), "invalid varint"),
+            "the outermost pair is the request's field"
+        );
+        assert_eq!(
+            decode_error_field(
+                "failed to decode Protobuf message: MintRequest.scopes: invalid wire type: \
+                 Varint (expected LengthDelimited)"
+            ),
+            (
+                "scopes".to_owned(),
+                "invalid wire type: Varint (expected LengthDelimited)"
+            )
+        );
+        assert_eq!(
+            decode_error_field("failed to decode Protobuf message: invalid wire type value: 7"),
+            ("request".to_owned(), "invalid wire type value: 7")
+        );
+        assert_eq!(
+            decode_error_field("Unexpected EOF decoding stream."),
+            ("request".to_owned(), "Unexpected EOF decoding stream.")
+        );
     }
 }
