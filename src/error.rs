@@ -167,22 +167,6 @@ impl Failure {
         }
     }
 
-    /// Turns a store rejection of a Mint into a failure that names the
-    /// thread and the caller whose limit was reached.
-    pub fn for_mint(rejection: Rejection, thread_id: &str, caller: &Arc<str>) -> Self {
-        match rejection {
-            Rejection::ThreadLimit { limit } => Failure::Limit(Limit::Thread {
-                thread_id: Arc::from(thread_id),
-                limit,
-            }),
-            Rejection::OwnerQuota { limit } => Failure::Limit(Limit::CallerLive {
-                caller: caller.clone(),
-                limit,
-            }),
-            other => other.into(),
-        }
-    }
-
     /// Whether this failure refused the caller itself (not authenticated, or
     /// not allowed): such calls are audited as denials.
     pub fn is_caller_denial(&self) -> bool {
@@ -466,16 +450,14 @@ impl From<Rejection> for Failure {
             Rejection::NotOwned { credential_id } => {
                 Failure::CallerForbidden(Forbidden::NotOwned { credential_id })
             }
-            // Mint's limits; [`Failure::for_mint`] adds the thread and caller.
-            Rejection::ThreadLimit { limit } => Failure::Limit(Limit::Thread {
-                thread_id: Arc::from(""),
-                limit,
-            }),
+            Rejection::ThreadLimit { thread_id, limit } => {
+                Failure::Limit(Limit::Thread { thread_id, limit })
+            }
             Rejection::StoreBudget { budget, limit } => {
                 Failure::Limit(Limit::Store { budget, limit })
             }
-            Rejection::OwnerQuota { limit } => Failure::Limit(Limit::CallerLive {
-                caller: Arc::from(""),
+            Rejection::OwnerQuota { owner, limit } => Failure::Limit(Limit::CallerLive {
+                caller: owner,
                 limit,
             }),
         }

@@ -321,10 +321,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 owner_quota: Some(caller.quota.max_live_credentials),
             };
             let token = Token::generate();
-            let minted = self
-                .store
-                .mint(token.digest(), new.clone())
-                .map_err(|rejection| Failure::for_mint(rejection, new.thread_id, &caller.name))?;
+            let minted = self.store.mint(token.digest(), new.clone())?;
             minted_id = Some(minted.credential_id);
             let credential_id = minted.credential_id.to_string();
             let audited = self.audit(

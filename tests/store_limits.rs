@@ -80,7 +80,7 @@ fn the_thread_limit_counts_every_caller_and_instance_of_the_thread() {
     .unwrap();
     let refused = try_mint(&store, new("t", "i4"));
     assert!(
-        matches!(refused, Err(Rejection::ThreadLimit { limit: 3 })),
+        matches!(refused, Err(Rejection::ThreadLimit { limit: 3, .. })),
         "{refused:?}"
     );
     mint(&store, "u", "i1");
@@ -102,7 +102,7 @@ fn replace_previous_frees_its_room_at_the_limit() {
     // A rotation of an instance with nothing to replace frees nothing.
     assert!(matches!(
         try_mint(&store, rotate("t", "i3")),
-        Err(Rejection::ThreadLimit { limit: 2 })
+        Err(Rejection::ThreadLimit { limit: 2, .. })
     ));
     consistent(&store);
 }
@@ -150,7 +150,7 @@ fn a_refused_mint_changes_nothing() {
     // and is refused.
     assert!(matches!(
         try_mint(&store, rotate("t", "i2")),
-        Err(Rejection::ThreadLimit { limit: 1 })
+        Err(Rejection::ThreadLimit { limit: 1, .. })
     ));
     // Room on the thread after the replacement, but the new credential's
     // bytes do not fit: the old one must survive.
@@ -280,7 +280,7 @@ fn the_owner_quota_counts_the_callers_live_credentials() {
     try_mint(&store, quota(new("t2", "i2"))).unwrap();
     let refused = try_mint(&store, quota(new("t3", "i1")));
     assert!(
-        matches!(refused, Err(Rejection::OwnerQuota { limit: 2 })),
+        matches!(refused, Err(Rejection::OwnerQuota { limit: 2, .. })),
         "{refused:?}"
     );
     // A rotation frees its own place.

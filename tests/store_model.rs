@@ -222,6 +222,7 @@ fn run(seed: u64, steps: usize, limits: Option<Limits>) {
                         }
                         if kept_on_thread(&model) >= limits.per_thread {
                             return Some(Rejection::ThreadLimit {
+                                thread_id: thread_id.as_str().into(),
                                 limit: limits.per_thread,
                             });
                         }
@@ -232,7 +233,10 @@ fn run(seed: u64, steps: usize, limits: Option<Limits>) {
                             .filter(|m| m.present && m.live() && m.owner == actor && !replaces(m))
                             .count() as u64;
                         if owned >= quota {
-                            return Some(Rejection::OwnerQuota { limit: quota });
+                            return Some(Rejection::OwnerQuota {
+                                owner: ACTORS[actor].into(),
+                                limit: quota,
+                            });
                         }
                     }
                     let held = model.iter().filter(|m| m.present && !replaces(m));

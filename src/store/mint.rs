@@ -13,6 +13,7 @@
 
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::record::{Class, Record};
 use super::revocation::InstanceTaken;
@@ -116,7 +117,10 @@ impl Store {
             if let Some(quota) = new.owner_quota {
                 let live = shared.revocations.owner_live(&owner);
                 if live.saturating_sub(replacement.owners_live) >= quota {
-                    return Err(Rejection::OwnerQuota { limit: quota });
+                    return Err(Rejection::OwnerQuota {
+                        owner: Arc::from(new.minted_by),
+                        limit: quota,
+                    });
                 }
             }
             shared.reserve(bytes, &replacement)?;
@@ -213,7 +217,10 @@ impl Shared {
         let limit = self.limits.max_credentials_per_thread;
         let Some(head) = self.find_thread(threads, hash, new.thread_id) else {
             return if limit == 0 {
-                Err(Rejection::ThreadLimit { limit })
+                Err(Rejection::ThreadLimit {
+                    thread_id: Arc::from(new.thread_id),
+                    limit,
+                })
             } else {
                 Ok(Replacement::default())
             };
@@ -294,7 +301,10 @@ impl Shared {
         if kept < limit {
             Ok(replacement)
         } else {
-            Err(Rejection::ThreadLimit { limit })
+            Err(Rejection::ThreadLimit {
+                thread_id: Arc::from(new.thread_id),
+                limit,
+            })
         }
     }
 

@@ -350,6 +350,8 @@ pub enum Rejection {
     /// Mint only: the thread holds its limit of live credentials.
     #[error("thread holds its limit of {limit} live credentials")]
     ThreadLimit {
+        /// The thread.
+        thread_id: Arc<str>,
         /// [`StoreConfig::max_credentials_per_thread`].
         limit: u64,
     },
@@ -364,6 +366,8 @@ pub enum Rejection {
     /// Mint only: the minting caller holds its quota of live credentials.
     #[error("caller holds its quota of {limit} live credentials")]
     OwnerQuota {
+        /// The minting caller.
+        owner: Arc<str>,
         /// [`NewCredential::owner_quota`].
         limit: u64,
     },
