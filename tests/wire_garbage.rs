@@ -11,19 +11,19 @@
 
 mod common;
 
+use common::callers::resolve;
+use common::health::{health, serving};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::h2raw::{self, Answer, H2};
-use common::{client, Client, Server};
+use common::{client, Server};
 use credential_authority::pb;
 use tokio::io::AsyncWriteExt as _;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// The Resolve path.
 const RESOLVE: &str = "/credential_authority.v1.CredentialAuthority/Resolve";
@@ -241,37 +241,6 @@ impl Probe {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.await.unwrap()
     }
-}
-
-/// A health client on its own connection.
-async fn health(server: &Server) -> HealthClient<Channel> {
-    let channel = Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects");
-    HealthClient::new(channel)
-}
-
-/// Health/Check of the whole server.
-async fn serving(client: &mut HealthClient<Channel>) -> Result<i32, tonic::Status> {
-    client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
-}
-
-/// Resolve of `token`.
-async fn resolve(client: &mut Client, token: &str) -> Result<pb::ResolveResponse, tonic::Status> {
-    client
-        .resolve(pb::ResolveRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 /// The server is up and answers a fresh client.

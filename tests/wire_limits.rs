@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::health::{health, serving};
+
 use std::time::{Duration, Instant};
 
 use common::h2raw::{self, H2};
@@ -14,32 +16,10 @@ use credential_authority::pb;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt as _;
 
 /// The Resolve path.
 const RESOLVE: &str = "/credential_authority.v1.CredentialAuthority/Resolve";
-
-/// A health client on its own connection.
-async fn health(server: &Server) -> HealthClient<Channel> {
-    let channel = Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects");
-    HealthClient::new(channel)
-}
-
-/// Health/Check of the whole server.
-async fn serving(client: &mut HealthClient<Channel>) -> Result<i32, Status> {
-    client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
-}
 
 /// The ErrorInfo reason and metadata of `status`, after checking the
 /// parts every failure has.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod callers;
 pub mod grpcurl;
 pub mod h2raw;
+pub mod health;
 pub mod tls;
 
 use std::io::{BufRead as _, BufReader};
