@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::audit::{AuditConfig, AuditFailureMode, AuditSink};
 use crate::auth::cli::CallersArgs;
 use crate::guard::GuardConfig;
-use crate::store::StoreConfig;
+use crate::server::Storage;
+use crate::store::journal::TruncateAt;
+use crate::store::{DurableOptions, StoreConfig};
 use crate::transport::http2::Http2Config;
 use crate::transport::{ListenAddr, TlsFiles, TransportConfig};
 
@@ -319,6 +321,28 @@ pub struct ServeArgs {
     )]
     pub touch_reply_limit: usize,
 
+    /// Where credentials live: `embedded` (in memory, made durable by a
+    /// journal in --data-dir: a restart keeps every credential) or `memory`
+    /// (nothing survives a restart; for experiments).
+    #[arg(long = "store", env = "CREDENTIAL_AUTHORITY_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store_kind: StoreKind,
+
+    /// The embedded store's data directory (journal and snapshots), locked
+    /// by one process at a time. Default: `store` in the state directory.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// How often the latest uses of credentials are written: after a crash
+    /// a credential's deadlines are at most this much earlier than they
+    /// were (a clean stop loses nothing).
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_RENEWAL_CHECKPOINT", default_value = "1s", value_parser = parse_duration)]
+    pub renewal_checkpoint: Duration,
+
+    /// Start after cutting a damaged journal at FILE:OFFSET, as the refusal
+    /// to start names it: what follows is lost.
+    #[arg(long = "truncate-journal-at", env = "CREDENTIAL_AUTHORITY_TRUNCATE_JOURNAL_AT")]
+    pub truncate_journal_at: Option<TruncateAt>,
+
     /// How long in-flight calls may run after SIGTERM or SIGINT before the
     /// server exits anyway.
     #[arg(long, env = "CREDENTIAL_AUTHORITY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -327,6 +351,15 @@ pub struct ServeArgs {
     /// Log line format. The level is set with RUST_LOG (default `info`).
     #[arg(long, env = "CREDENTIAL_AUTHORITY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where credentials live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// In memory, with a journal on disk: survives restarts and crashes.
+    Embedded,
+    /// In memory only: every credential is lost at a restart.
+    Memory,
 }
 
 /// A configuration the server refuses to start with.
@@ -363,6 +396,23 @@ impl ServeArgs {
             max_credentials: self.max_credentials,
             max_credential_bytes: self.max_credential_bytes,
             touch_reply_limit: self.touch_reply_limit,
+        }
+    }
+
+    /// Where the store keeps its data: `state_dir` is the state directory
+    /// in force, whose `store` subdirectory is the default data directory.
+    pub fn storage(&self, state_dir: &std::path::Path) -> Storage {
+        match self.store_kind {
+            StoreKind::Memory => Storage::Memory,
+            StoreKind::Embedded => {
+                let dir = self
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join("store"));
+                let mut options = DurableOptions::new(dir);
+                options.renewal_checkpoint = self.renewal_checkpoint;
+                Storage::Durable(options.truncate_at(self.truncate_journal_at.clone()))
+            }
         }
     }
 

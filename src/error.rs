@@ -433,6 +433,11 @@ impl From<MalformedToken> for Failure {
     }
 }
 
+/// How long a client waits before retrying a write the store could not
+/// make durable: long enough for an operator's fix or a disk's recovery to
+/// be seen, short enough that an agent's session does not notice.
+pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl From<Rejection> for Failure {
     fn from(rejection: Rejection) -> Self {
         match rejection {
@@ -460,6 +465,10 @@ impl From<Rejection> for Failure {
                 caller: owner,
                 limit,
             }),
+            Rejection::Unavailable { what } => Failure::Unavailable {
+                message: what,
+                retry_after: STORE_RETRY_AFTER,
+            },
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use credential_authority::clock::SystemClock;
-use credential_authority::config::{Cli, Command, ServeArgs};
+use credential_authority::config::{Cli, Command, ServeArgs, StoreKind};
 use credential_authority::server::{Callers, ServerSettings};
 use credential_authority::transport::Transport;
 use credential_authority::{auth, server, state_dir, telemetry};
@@ -66,8 +66,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "listening"
         );
     }
+    let state_dir = match (&args.data_dir, &args.state_dir) {
+        (None, None) if args.store_kind == StoreKind::Embedded => state_dir::default_state_dir()?,
+        (_, Some(dir)) => dir.clone(),
+        // Not needed: the data directory is given, or nothing is stored.
+        _ => PathBuf::new(),
+    };
     let settings = ServerSettings {
         store: args.store_config(),
+        storage: args.storage(&state_dir),
         shutdown_grace: args.shutdown_grace,
         callers,
         audit: args.audit_config(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
@@ -22,7 +23,8 @@ use crate::pb;
 use crate::pb::credential_authority_server::CredentialAuthorityServer;
 use crate::request_id::RequestIdLayer;
 use crate::service::AuthorityService;
-use crate::store::{Store, StoreConfig};
+use crate::store::journal::{HealthCallback, HealthEvent};
+use crate::store::{Backend, DurableOptions, OpenError, Store, StoreConfig};
 use crate::transport::http2::{self, Http2Config};
 use crate::transport::{PeerInfo, TlsReloader, Transport};
 
@@ -38,11 +40,28 @@ pub enum Callers {
     Insecure,
 }
 
+/// The health entry that says whether the store can write: NOT_SERVING
+/// while the data directory fails (Mint and revocations then answer
+/// UNAVAILABLE), while Resolve, and so the service's own entry, keep
+/// serving from memory.
+pub const STORE_WRITES_HEALTH: &str = "credential_authority.v1.CredentialAuthority/store-writes";
+
+/// Where the store keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Memory only (`--store memory`).
+    Memory,
+    /// The durable embedded store in a data directory.
+    Durable(DurableOptions),
+}
+
 /// What the server needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// The store's limits.
     pub store: StoreConfig,
+    /// Where the store keeps its data.
+    pub storage: Storage,
     /// How long in-flight calls may run after shutdown begins.
     pub shutdown_grace: Duration,
     /// Who may call.
@@ -69,6 +88,9 @@ pub enum ServerError {
     /// The audit trail could not be opened.
     #[error("{0}")]
     Audit(#[from] AuditError),
+    /// The store's data directory could not be opened.
+    #[error("{0}")]
+    Store(#[from] OpenError),
 }
 
 /// Serves on `transport` until `shutdown` completes, then drains: health
@@ -100,22 +122,28 @@ pub async fn run(
         }
     };
     let audit = AuditLog::open(settings.audit.clone(), clock.clone())?;
-    let store = Store::new(settings.store.clone(), clock);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let store = open_store(&settings, clock, &health)?;
     let _sweeper = store.spawn_sweeper();
+    let _checkpointer = store.spawn_checkpointer();
     let draining = Arc::new(AtomicBool::new(false));
     let authority = AuthorityService::new(
-        store,
+        Backend::from(store.clone()),
         settings.store.clone(),
         draining.clone(),
         auth.clone(),
         audit.clone(),
     );
 
-    let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CredentialAuthorityServer<AuthorityService>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
+    if store.is_durable() {
+        health
+            .set_service_status(STORE_WRITES_HEALTH, ServingStatus::Serving)
+            .await;
+    }
 
     let reloading = tokio::spawn(reload_on(
         reloads,
@@ -185,8 +213,95 @@ pub async fn run(
     {
         tracing::warn!("grace period over with calls still in flight; exiting anyway");
     }
+    if store.is_durable() {
+        // The latest uses and the time, so a restart finds every deadline
+        // exactly as it was.
+        match store.close().await {
+            Ok(()) => tracing::info!("store closed"),
+            Err(error) => tracing::error!(%error, "the store's last checkpoint was not written"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the store `settings` ask for, logging what recovery found; a
+/// durable store reports its journal's health to `health`.
+fn open_store(
+    settings: &ServerSettings,
+    clock: Arc<dyn Clock>,
+    health: &HealthReporter,
+) -> Result<Store, ServerError> {
+    let options = match &settings.storage {
+        Storage::Memory => {
+            tracing::warn!("--store memory: every credential is lost when the server stops");
+            return Ok(Store::new(settings.store.clone(), clock));
+        }
+        Storage::Durable(options) => options.clone(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let reporter = health.clone();
+    // On the journal's writer thread: log once per change, hand the
+    // health update to the runtime, never block.
+    let on_health: HealthCallback = Arc::new(move |event| {
+        let status = match event {
+            HealthEvent::Failing { error } => {
+                tracing::error!(
+                    %error,
+                    "the store cannot write: Mint and revocations answer UNAVAILABLE until the \
+                     disk recovers; Resolve goes on from memory"
+                );
+                ServingStatus::NotServing
+            }
+            HealthEvent::Recovered { failed_batches } => {
+                tracing::info!(failed_batches, "the store writes again");
+                ServingStatus::Serving
+            }
+        };
+        let reporter = reporter.clone();
+        runtime.spawn(async move {
+            reporter
+                .set_service_status(STORE_WRITES_HEALTH, status)
+                .await;
+        });
+    });
+    let dir = options.dir.clone();
+    let (store, recovery) =
+        Store::open(settings.store.clone(), clock, options.on_health(on_health))?;
+    if let Some(torn) = &recovery.torn_tail {
+        tracing::warn!(
+            file = %torn.file.display(),
+            offset = torn.offset,
+            bytes_dropped = torn.bytes_dropped,
+            "dropped a torn final write of the journal (a crash interrupted it; it was never \
+             reported durable)"
+        );
+    }
+    if let Some(cut) = &recovery.truncation {
+        tracing::warn!(
+            file = %cut.file.display(),
+            offset = cut.offset,
+            bytes_dropped = cut.bytes_dropped,
+            segments_removed = cut.segments_removed,
+            "truncated the journal as --truncate-journal-at asked"
+        );
+    }
+    if !recovery.clock_behind.is_zero() {
+        tracing::warn!(
+            behind = %humantime::format_duration(recovery.clock_behind),
+            "the wall clock is behind the newest time the store used; running from that time"
+        );
+    }
+    tracing::info!(
+        data_dir = %dir.display(),
+        records = recovery.records,
+        credentials = recovery.credentials,
+        from_snapshot = recovery.from_snapshot,
+        downtime = %humantime::format_duration(recovery.downtime),
+        elapsed_ms = recovery.elapsed.as_millis() as u64,
+        "store recovered"
+    );
+    Ok(store)
 }
 
 /// The authority as the routes hold it: requests and responses limited to

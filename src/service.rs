@@ -16,7 +16,7 @@ use crate::error::{Failure, Forbidden, Limit};
 use crate::pb;
 use crate::request_id::RequestId;
 use crate::store::{
-    NewCredential, Reach, RevocationCause, RevokeAllTarget, Store, StoreConfig, ThreadTouch,
+    Backend, NewCredential, Reach, RevocationCause, RevokeAllTarget, StoreConfig, ThreadTouch,
 };
 use crate::telemetry::RpcLine;
 use crate::token::{self, CredentialId, Token};
@@ -36,7 +36,7 @@ const AUTHORIZATION: &str = "authorization";
 /// The `CredentialAuthority` service.
 #[derive(Clone)]
 pub struct AuthorityService {
-    store: Store,
+    store: Backend,
     limits: StoreConfig,
     draining: Arc<AtomicBool>,
     auth: Authenticator,
@@ -49,7 +49,7 @@ impl AuthorityService {
     /// `draining` is set (shutdown began), new calls fail with UNAVAILABLE
     /// and RetryInfo.
     pub fn new(
-        store: Store,
+        store: Backend,
         limits: StoreConfig,
         draining: Arc<AtomicBool>,
         auth: Authenticator,
@@ -278,7 +278,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         let call = self.begin("Mint", Role::Mint, &request);
         let request = request.into_inner();
         let mut minted_id = None;
-        let outcome = self.admit(&call).and_then(|caller| {
+        let outcome: Result<_, Failure> = async {
+            let caller = self.admit(&call)?;
             let mut violations = Violations::default();
             let thread_id = violations.id("thread_id", &request.thread_id, true);
             let provider_instance_id =
@@ -321,7 +322,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 owner_quota: Some(caller.quota.max_live_credentials),
             };
             let token = Token::generate();
-            let minted = self.store.mint(token.digest(), new.clone())?;
+            let minted = self.store.mint(token.digest(), new.clone()).await?;
             minted_id = Some(minted.credential_id);
             let credential_id = minted.credential_id.to_string();
             let audited = self.audit(
@@ -339,7 +340,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 // goes too. What the replacement revoked stays revoked.
                 let _ = self
                     .store
-                    .revoke_credential(&minted.credential_id, Reach::All);
+                    .revoke_credential(&minted.credential_id, Reach::All)
+                    .await;
                 return Err(failure);
             }
             Ok(pb::MintResponse {
@@ -349,7 +351,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 idle_expires_at: timestamp(minted.deadlines.idle_expires_at),
                 replaced: minted.replaced,
             })
-        });
+        }
+        .await;
         self.finish(call, outcome, minted_id)
     }
 
@@ -360,7 +363,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         let call = self.begin("Resolve", Role::Resolve, &request);
         let request = request.get_ref();
         let mut resolved_id = None;
-        let outcome = self.admit(&call).and_then(|_| {
+        let outcome: Result<_, Failure> = async {
+            let _caller = self.admit(&call)?;
             let mut violations = Violations::default();
             if request.token.is_empty() {
                 violations.add("token", "token is required");
@@ -387,9 +391,11 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                         .collect(),
                     minted_by: view.minted_by.to_owned(),
                 }
-            })?;
+            })
+            .await?;
             Ok(response)
-        });
+        }
+        .await;
         self.finish(call, outcome, resolved_id)
     }
 
@@ -398,12 +404,13 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         request: Request<pb::RevokeThreadRequest>,
     ) -> Result<Response<pb::RevokeThreadResponse>, Status> {
         let call = self.begin("RevokeThread", Role::Mint, &request);
-        let outcome = self.admit(&call).and_then(|caller| {
+        let outcome: Result<_, Failure> = async {
+            let caller = self.admit(&call)?;
             let mut violations = Violations::default();
             let thread_id = violations.id("thread_id", &request.get_ref().thread_id, true);
             violations.into_result(())?;
             let thread_id = thread_id.unwrap_or_default();
-            let done = self.store.revoke_thread(thread_id, reach(caller));
+            let done = self.store.revoke_thread(thread_id, reach(caller)).await?;
             self.audit(
                 &call,
                 AuditEvent {
@@ -418,7 +425,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 revoked: done.revoked,
                 not_owned: done.not_owned,
             })
-        });
+        }
+        .await;
         self.finish(call, outcome, None)
     }
 
@@ -427,7 +435,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         request: Request<pb::RevokeAllRequest>,
     ) -> Result<Response<pb::RevokeAllResponse>, Status> {
         let call = self.begin("RevokeAll", Role::Mint, &request);
-        let outcome = self.admit(&call).and_then(|caller| {
+        let outcome: Result<_, Failure> = async {
+            let caller = self.admit(&call)?;
             let mut violations = Violations::default();
             let instance = violations.id(
                 "provider_instance_id",
@@ -451,7 +460,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     RevocationCause::ProviderInstance
                 }
             };
-            let revoked = self.store.revoke_all(target);
+            let revoked = self.store.revoke_all(target).await?;
             self.audit(
                 &call,
                 AuditEvent {
@@ -462,7 +471,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 },
             )?;
             Ok(pb::RevokeAllResponse { revoked })
-        });
+        }
+        .await;
         self.finish(call, outcome, None)
     }
 
@@ -472,7 +482,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
     ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
         let call = self.begin("RevokeCredential", Role::Mint, &request);
         let mut target = None;
-        let outcome = self.admit(&call).and_then(|caller| {
+        let outcome: Result<_, Failure> = async {
+            let caller = self.admit(&call)?;
             let mut violations = Violations::default();
             let credential_id =
                 violations.credential_id("credential_id", &request.get_ref().credential_id);
@@ -481,7 +492,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             target = Some(credential_id);
             let done = self
                 .store
-                .revoke_credential(&credential_id, reach(caller))?;
+                .revoke_credential(&credential_id, reach(caller))
+                .await?;
             self.audit(
                 &call,
                 AuditEvent {
@@ -496,7 +508,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
             Ok(pb::RevokeCredentialResponse {
                 revoked: done.revoked,
             })
-        });
+        }
+        .await;
         self.finish(call, outcome, target)
     }
 
@@ -507,7 +520,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
         use pb::touch_request::Target;
         let call = self.begin("Touch", Role::Mint, &request);
         let mut target_id = None;
-        let outcome = self.admit(&call).and_then(|caller| {
+        let outcome: Result<_, Failure> = async {
+            let caller = self.admit(&call)?;
             let mut violations = Violations::default();
             let touched = match &request.get_ref().target {
                 Some(Target::CredentialId(id)) => {
@@ -518,6 +532,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     let one = self
                         .store
                         .touch_credential(&id, reach(caller))
+                        .await
                         .map_err(Failure::for_owner)?;
                     ThreadTouch {
                         touched: vec![one],
@@ -531,6 +546,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     // most the store's touch_reply_limit and says how many.
                     self.store
                         .touch_thread(thread_id.unwrap_or_default(), reach(caller))
+                        .await
                         .map_err(Failure::for_owner)?
                 }
                 None => {
@@ -552,7 +568,8 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                     })
                     .collect(),
             })
-        });
+        }
+        .await;
         self.finish(call, outcome, target_id)
     }
 }
@@ -562,6 +579,7 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::pb::credential_authority_server::CredentialAuthority as _;
+    use crate::store::Store;
     use tonic_types::StatusExt as _;
 
     /// A service on a fake clock whose audit trail goes to a file in `dir`.
@@ -585,7 +603,7 @@ mod tests {
         )
         .unwrap();
         let service = AuthorityService::new(
-            store.clone(),
+            store.clone().into(),
             StoreConfig::default(),
             draining.clone(),
             auth,

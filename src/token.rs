@@ -240,6 +240,12 @@ impl TokenDigest {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A digest read back from the store's journal, which holds only
+    /// digests, never tokens.
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        TokenDigest(bytes)
+    }
 }
 
 impl PartialEq for TokenDigest {
@@ -337,6 +343,11 @@ impl CredentialId {
     /// The handle's bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
+    }
+
+    /// A handle read back from the store's journal.
+    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
+        CredentialId(bytes)
     }
 
     /// Reads a handle in its display form (`cred_` + 32 lowercase hex).

@@ -107,7 +107,7 @@ pub fn rpc_bodies(data: &[u8]) {
     let limits = settings().store_config();
     let store = Store::new(limits.clone(), clock);
     let authority = AuthorityService::new(
-        store,
+        store.into(),
         limits,
         Arc::new(AtomicBool::new(false)),
         Authenticator::insecure(),

@@ -12,15 +12,17 @@
 //! the last place.
 
 use std::cmp::Reverse;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::record::{Class, Record};
 use super::revocation::InstanceTaken;
 use super::slab::{shard_of_digest, Handle, SlotKey};
 use super::sweeper::Deadline;
-use super::threads::{ThreadKey, ThreadShard};
-use super::types::{Budget, Minted, NewCredential, Rejection, RevocationCause};
+use super::durable;
+use super::journal::{Durable, JournalError};
+use super::threads::{Removal, ThreadKey, ThreadShard};
+use super::types::{Budget, Deadlines, Minted, NewCredential, Rejection, RevocationCause};
 use super::{clamp_override, Accounting, Retired, Shared, Store};
 use crate::clock::Millis;
 use crate::token::{CredentialId, TokenDigest};
@@ -40,6 +42,7 @@ enum Previous {
 /// One earlier record of the thread as the checks saw it.
 struct Seen {
     handle: Handle,
+    credential_id: CredentialId,
     previous: Previous,
     dead: bool,
     /// What its removal gives back to the byte budget.
@@ -53,8 +56,27 @@ struct Seen {
 #[derive(Default)]
 struct Replacement {
     handles: Vec<Handle>,
+    /// Their credential ids, for the journal.
+    ids: Vec<CredentialId>,
+    /// What each one's removal gives back to the byte budget.
+    each_bytes: Vec<u64>,
     bytes: u64,
     owners_live: u64,
+}
+
+/// A Mint whose record is in memory, pending, and in the journal, waiting
+/// to be durable; [`Store::finish_mint`] ends it.
+#[must_use = "a begun Mint must be finished"]
+pub(super) struct BegunMint {
+    handle: Handle,
+    thread_id: Box<str>,
+    replacement: Replacement,
+    credential_id: CredentialId,
+    deadlines: Deadlines,
+    /// `None` on a store without a journal: the Mint finished at once.
+    pub(super) durable: Option<Durable>,
+    /// Set when the Mint finished at once.
+    replaced: Option<u64>,
 }
 
 impl Store {
@@ -75,7 +97,28 @@ impl Store {
     /// ([`Rejection::StoreBudget`]). A refused Mint changes nothing, with
     /// one exception that no call can observe: a thread found at its limit
     /// first loses its dead records, as the sweeper would remove them.
+    ///
+    /// On a durable store the new record is invisible until its journal
+    /// record is durable, and the replacement happens only then: a failed
+    /// write is [`Rejection::Unavailable`] and changes nothing. This
+    /// waits for the disk on the calling thread; the service uses
+    /// [`super::Backend::mint`], which awaits it.
     pub fn mint(&self, digest: TokenDigest, new: NewCredential<'_>) -> Result<Minted, Rejection> {
+        let mut begun = self.begin_mint(digest, new)?;
+        let written = match begun.durable.take() {
+            Some(durable) => durable.wait_blocking(),
+            None => Ok(()),
+        };
+        self.finish_mint(begun, written)
+    }
+
+    /// The first half of [`Store::mint`]: every check, then the record in
+    /// memory, pending, and in the journal.
+    pub(super) fn begin_mint(
+        &self,
+        digest: TokenDigest,
+        new: NewCredential<'_>,
+    ) -> Result<BegunMint, Rejection> {
         let shared = &*self.shared;
         let limits = &shared.limits;
         let pair = shared
@@ -104,10 +147,6 @@ impl Store {
         let owner = class.pair.owner.clone();
         let (hash, thread_shard) = shared.thread_hash(new.thread_id);
         let mut threads = shared.threads[thread_shard].write();
-        let thread = ThreadKey {
-            id: new.thread_id,
-            hash,
-        };
         let now = shared.clock.now();
         let checked = shared.replacement(&mut threads, hash, &new, now);
         // Held until the record is counted, so that two Mints of one caller
@@ -134,62 +173,178 @@ impl Store {
                 return Err(rejection);
             }
         };
-        // The commit: nothing below refuses.
-        let mut replaced = 0;
-        // Oldest first, as RevokeThread does (see ThreadTombstones).
-        for handle in replacement.handles {
-            let outcome = shared.detach(
-                &mut threads,
-                thread,
-                handle,
-                now,
-                Some(RevocationCause::Replaced),
-                Accounting::Prepaid,
-            );
-            if let Retired::RevokedLive = outcome {
-                replaced += 1;
-            }
-        }
+        // The commit: nothing below refuses but the journal. The record goes
+        // in pending, holding its place in the thread and the budgets; it is
+        // stamped, inserted and journaled under the counting lock, so the
+        // journal orders it with RevokeAll as memory does.
         let head = shared.find_thread(&threads, hash, new.thread_id);
-        let minted_epoch = {
-            let counting = shared.revocations.counting();
-            shared.revocations.stamp(&counting, &class.pair)
-        };
-        drop(minting);
         let record_shard = shard_of_digest(&digest);
-        let record = Record {
+        let journal = shared.durable.as_ref().map(|d| &d.journal);
+        let mut record = Record {
             digest,
             credential_id: CredentialId::generate_routed(record_shard as u8),
             thread_id: Box::from(new.thread_id),
             class,
-            minted_epoch,
+            minted_epoch: 0,
             created_at: now,
             last_used: AtomicU64::new(now),
             older: AtomicU32::new(head.map_or(SlotKey::NONE, |h| h.newest).0),
             newer: AtomicU32::new(SlotKey::NONE.0),
             version: 0,
+            // Shown by `replace_and_show` after the replacement, so the
+            // old and new credentials never both work.
+            pending: AtomicBool::new(true),
         };
         let credential_id = record.credential_id;
         let deadlines = record.deadlines();
-        let handle = {
-            let mut shard = shared.records[record_shard].write();
-            let handle = shard.insert(record_shard, record);
-            shard.deadlines.push(Reverse(Deadline {
-                at: deadlines.idle_expires_at,
-                handle,
-            }));
-            handle
+        let (handle, durable) = {
+            let counting = shared.revocations.counting();
+            record.minted_epoch = shared.revocations.stamp(&counting, &record.class.pair);
+            let payload = journal.map(|_| durable::minted_payload(&record, &replacement.ids));
+            let handle = {
+                let mut shard = shared.records[record_shard].write();
+                let handle = shard.insert(record_shard, record);
+                shard.deadlines.push(Reverse(Deadline {
+                    at: deadlines.idle_expires_at,
+                    handle,
+                }));
+                handle
+            };
+            let durable = journal.zip(payload).map(|(journal, payload)| {
+                journal.record_time(now);
+                journal.append(&payload)
+            });
+            (handle, durable)
         };
+        drop(minting);
         shared.link_newest(&mut threads, hash, head, handle.key());
+        if let (Some(durable), Some(_)) = (&shared.durable, &durable) {
+            if !replacement.ids.is_empty() {
+                // Under the thread's lock, as the snapshot reads it.
+                durable
+                    .pending_replacements
+                    .lock()
+                    .insert(credential_id, replacement.ids.clone());
+            }
+        }
+        let mut begun = BegunMint {
+            handle,
+            thread_id: Box::from(new.thread_id),
+            replacement,
+            credential_id,
+            deadlines,
+            durable,
+            replaced: None,
+        };
+        if begun.durable.is_none() {
+            begun.replaced = Some(shared.replace_and_show(&mut threads, hash, &mut begun, now));
+        }
         drop(threads);
         if deadlines.idle_expires_at < shared.sweeper_wakes_at.load(Ordering::Acquire) {
             shared.sweeper_wakeup.notify_one();
         }
-        Ok(Minted {
+        Ok(begun)
+    }
+
+    /// Ends a begun Mint once its journal record is durable (`written` is
+    /// `Ok`) or is known not to be: the earlier credentials it replaces are
+    /// revoked and the new one becomes visible, in that order, so the two
+    /// never work at the same time; or, when the write failed, the new
+    /// record goes without a trace and the earlier ones stay as they were.
+    pub(super) fn finish_mint(
+        &self,
+        mut begun: BegunMint,
+        written: Result<(), JournalError>,
+    ) -> Result<Minted, Rejection> {
+        let shared = &*self.shared;
+        let (credential_id, deadlines) = (begun.credential_id, begun.deadlines);
+        let minted = |replaced| Minted {
             credential_id,
             deadlines,
             replaced,
-        })
+        };
+        if let Some(replaced) = begun.replaced {
+            return Ok(minted(replaced));
+        }
+        let (hash, thread_shard) = shared.thread_hash(&begun.thread_id);
+        let mut threads = shared.threads[thread_shard].write();
+        let now = shared.clock.now();
+        if let Some(durable) = &shared.durable {
+            durable.pending_replacements.lock().remove(&begun.credential_id);
+        }
+        match written {
+            Ok(()) => {
+                let replaced = shared.replace_and_show(&mut threads, hash, &mut begun, now);
+                Ok(minted(replaced))
+            }
+            Err(error) => {
+                let thread = ThreadKey {
+                    id: &begun.thread_id,
+                    hash,
+                };
+                shared.detach_as(
+                    &mut threads,
+                    thread,
+                    begun.handle,
+                    now,
+                    None,
+                    Accounting::GiveBack,
+                    Removal::Discard,
+                );
+                // The earlier records stay: their places, which the
+                // reservation counted as freed, are taken again.
+                let replacement = std::mem::take(&mut begun.replacement);
+                for (handle, bytes) in replacement.handles.iter().zip(&replacement.each_bytes) {
+                    if shared.with_record(*handle, |_| ()).is_some() {
+                        shared.held.credentials.fetch_add(1, Ordering::AcqRel);
+                        shared.held.bytes.fetch_add(*bytes, Ordering::AcqRel);
+                    }
+                }
+                Err(durable::unavailable(&error))
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The second half of a Mint, under the thread's lock: revokes the
+    /// records it replaces (oldest first, as RevokeThread does, see
+    /// ThreadTombstones), then shows the new one; returns how many live
+    /// credentials it replaced. A replaced record that something else
+    /// removed meanwhile gave its place back then, so the reservation's
+    /// count of it is undone.
+    fn replace_and_show(
+        &self,
+        threads: &mut ThreadShard,
+        hash: u64,
+        begun: &mut BegunMint,
+        now: Millis,
+    ) -> u64 {
+        let thread = ThreadKey {
+            id: &begun.thread_id,
+            hash,
+        };
+        let mut replaced = 0;
+        let replacement = std::mem::take(&mut begun.replacement);
+        for (handle, bytes) in replacement.handles.into_iter().zip(replacement.each_bytes) {
+            match self.detach(
+                threads,
+                thread,
+                handle,
+                now,
+                Some(RevocationCause::Replaced),
+                Accounting::Prepaid,
+            ) {
+                Retired::RevokedLive => replaced += 1,
+                Retired::Absent => {
+                    self.held.credentials.fetch_add(1, Ordering::AcqRel);
+                    self.held.bytes.fetch_add(bytes, Ordering::AcqRel);
+                }
+                Retired::RemovedDead | Retired::StillLive(_) => {}
+            }
+        }
+        self.with_record(begun.handle, |r| r.pending.store(false, Ordering::Release));
+        replaced
     }
 }
 
@@ -247,6 +402,7 @@ impl Shared {
                 };
                 Seen {
                     handle,
+                    credential_id: r.credential_id,
                     previous,
                     dead,
                     bytes: r.budget_bytes(),
@@ -269,6 +425,8 @@ impl Shared {
             match one.previous {
                 Previous::Replace => {
                     replacement.handles.push(one.handle);
+                    replacement.ids.push(one.credential_id);
+                    replacement.each_bytes.push(one.bytes);
                     replacement.bytes += one.bytes;
                     replacement.owners_live += u64::from(one.owners_live);
                 }

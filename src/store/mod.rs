@@ -32,6 +32,8 @@
 //! [`Reach`] saying whose credentials they may act on. The store never sees
 //! a token: it is keyed by [`TokenDigest`].
 
+mod backend;
+mod durable;
 mod index;
 pub mod journal;
 mod mint;
@@ -60,6 +62,9 @@ use record::{Class, Record};
 use revocation::Revocations;
 use slab::{shard_of_digest, Handle, RecordShard, SlotKey};
 use sweeper::Reclaim;
+pub use backend::Backend;
+use durable::Durability;
+pub use durable::{CheckpointerGuard, DurableOptions, OpenError, Recovery, RESTART_GRACE};
 pub use sweeper::{SweepReport, SweeperGuard};
 use threads::ThreadShard;
 use tombstones::{Retention, ThreadTombstones, Tombstones};
@@ -106,6 +111,8 @@ struct Shared {
     sweeper_wakes_at: AtomicU64,
     sweeper_wakeup: Notify,
     shutdown: AtomicBool,
+    /// The journal, on a durable store (see [`durable`]).
+    durable: Option<Durability>,
 }
 
 /// The store's lifetimes in milliseconds, and its size limits (see
@@ -165,6 +172,11 @@ impl Store {
     /// A store with the given limits and clock. No sweeper runs until
     /// [`Store::spawn_sweeper`]; tests drive [`Store::sweep`] by hand.
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
+        Store::build(config, clock, None)
+    }
+
+    /// A store with the given limits, clock and journal, if any.
+    fn build(config: StoreConfig, clock: Arc<dyn Clock>, durable: Option<Durability>) -> Self {
         let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as Millis;
         Store {
             shared: Arc::new(Shared {
@@ -195,6 +207,7 @@ impl Store {
                 sweeper_wakes_at: AtomicU64::new(Millis::MAX),
                 sweeper_wakeup: Notify::new(),
                 shutdown: AtomicBool::new(false),
+                durable,
             }),
         }
     }
@@ -222,11 +235,20 @@ impl Store {
         let shared = &*self.shared;
         let now = shared.clock.now();
         let shard = shared.records[shard_of_digest(digest)].read();
-        let Some(record) = shard.digest_slot(digest).and_then(|slot| shard.at(slot)) else {
+        let Some((slot, record)) = shard
+            .digest_slot(digest)
+            .and_then(|slot| Some((slot, shard.at(slot)?)))
+        else {
             drop(shard);
             return Err(shared.rejection(digest));
         };
+        if !record.visible() {
+            return Err(Rejection::Unknown);
+        }
         let deadlines = record.use_at(now, required_scope, &shared.revocations)?;
+        if shared.durable.is_some() {
+            shard.used.mark(slot);
+        }
         let pair = &*record.class.pair;
         Ok(answer(CredentialView {
             credential_id: record.credential_id,
@@ -253,16 +275,38 @@ impl Store {
 
     /// Revokes everything `target` names, in constant time; returns how many
     /// live credentials were revoked.
+    ///
+    /// On a durable store this waits for the journal on the calling thread,
+    /// as [`Store::revoke_thread`] does.
     pub fn revoke_all(&self, target: RevokeAllTarget<'_>) -> u64 {
+        let (revoked, durable) = self.begin_revoke_all(target);
+        if let Some(durable) = durable {
+            let _in_force_in_memory = durable.wait_blocking();
+        }
+        revoked
+    }
+
+    /// [`Store::revoke_all`] in memory, and its journal record: the latest
+    /// stamps of the scopes it names, appended under the lock that orders
+    /// them with Mint's stamps.
+    fn begin_revoke_all(&self, target: RevokeAllTarget<'_>) -> (u64, Option<journal::Durable>) {
         let shared = &*self.shared;
-        let revoked = shared.revocations.revoke(target, shared.clock.now());
+        let now = shared.clock.now();
+        let mut durable = None;
+        let revoked = shared.revocations.revoke(target, now, |stamps| {
+            durable = shared.durable.as_ref().map(|journal| {
+                journal.append(now, |w| {
+                    w.scopes_stamped(stamps.iter().map(|s| (&s.name, s.epoch, s.at)))
+                })
+            });
+        });
         if revoked > 0 {
             // The records stay until reclaimed: their memory and budget
             // come back in the background (see `Reclaim`).
             shared.reclaim.request();
             shared.sweeper_wakeup.notify_one();
         }
-        revoked
+        (revoked, durable)
     }
 
     /// Removes what has died by now (and tombstones past their retention),
@@ -402,6 +446,14 @@ impl Shared {
             .clone()
     }
 
+    /// Notes a use of the record `handle` names for the next renewal
+    /// checkpoint (durable stores only).
+    fn mark_used(&self, handle: Handle) {
+        if self.durable.is_some() {
+            self.records[handle.shard()].read().used.mark(handle.slot());
+        }
+    }
+
     /// Runs `read` on the record `handle` names, under its shard's read lock.
     fn with_record<T>(&self, handle: Handle, read: impl FnOnce(&Record) -> T) -> Option<T> {
         let shard = self.records[handle.shard()].read();
@@ -466,12 +518,32 @@ impl Shared {
         revoke: Option<RevocationCause>,
         accounting: Accounting,
     ) -> Retired {
+        self.retire_as(handle, now, revoke, accounting, false)
+    }
+
+    /// [`Shared::retire`]; `forced` makes a revocation win over a death by
+    /// time (journal replay, see [`durable`]).
+    fn retire_as(
+        &self,
+        handle: Handle,
+        now: Millis,
+        revoke: Option<RevocationCause>,
+        accounting: Accounting,
+        forced: bool,
+    ) -> Retired {
         let counting = self.revocations.counting();
         let mut shard = self.records[handle.shard()].write();
         let Some(record) = shard.get(handle) else {
             return Retired::Absent;
         };
         let (reason, was_live) = match (record.death(now, &self.revocations), revoke) {
+            // Replay: the journal says the credential was live when this
+            // revocation ended it, though the checkpointed last use, up to
+            // a checkpoint older, says it had idled out; a RevokeAll's own
+            // death still comes first.
+            (Some(DeathReason::IdleTimeout | DeathReason::Expired), Some(cause)) if forced => {
+                (DeathReason::Revoked(cause), true)
+            }
             (Some(reason), _) => (reason, false),
             (None, Some(cause)) => (DeathReason::Revoked(cause), true),
             (None, None) => return Retired::StillLive(record.deadlines().idle_expires_at),
@@ -505,6 +577,32 @@ impl Shared {
         } else {
             Retired::RemovedDead
         }
+    }
+
+    /// Removes the pending record `handle` names, whose Mint did not become
+    /// durable, as if it had never been: no tombstone, its count and its
+    /// place in the budgets given back. The caller holds its thread's shard
+    /// lock and takes it out of the thread's list. Returns whether it was
+    /// there.
+    fn discard(&self, handle: Handle) -> bool {
+        let counting = self.revocations.counting();
+        let mut shard = self.records[handle.shard()].write();
+        let Some(record) = shard.get(handle) else {
+            return false;
+        };
+        if record.counted(&self.revocations) {
+            self.revocations.uncount(&counting, &record.class.pair);
+        }
+        let removed = shard.remove(handle);
+        drop((shard, counting));
+        if let Some(removed) = removed {
+            self.held.credentials.fetch_sub(1, Ordering::AcqRel);
+            self.held
+                .bytes
+                .fetch_sub(removed.budget_bytes(), Ordering::AcqRel);
+            self.release(removed);
+        }
+        true
     }
 
     /// Lets go of a removed record's class and pair when no other record

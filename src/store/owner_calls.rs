@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use super::threads::ThreadKey;
+use super::journal::Durable;
+use super::threads::{Removal, ThreadKey, ThreadShard};
 use super::types::{
     CredentialRevocation, Reach, Rejection, RevocationCause, ThreadRevocation, ThreadTouch, Touched,
 };
-use super::{not_owned, Accounting, Retired, Store};
+use super::{not_owned, Accounting, Retired, Shared, Store};
 use crate::clock::Millis;
 use crate::token::CredentialId;
 
@@ -22,17 +23,26 @@ impl Store {
     ) -> Result<Touched, Rejection> {
         let shared = &*self.shared;
         let now = shared.clock.now();
-        let live = shared.with_id(credential_id, |_, record| {
+        let live = shared.with_id(credential_id, |handle, record| {
+            if !record.visible() {
+                return Err(Rejection::Unknown);
+            }
             if !reach.covers(record.minted_by()) {
                 return Err(not_owned(credential_id));
             }
-            Ok(Touched {
-                credential_id: record.credential_id,
-                deadlines: record.use_at(now, None, &shared.revocations)?,
-            })
+            Ok((
+                handle,
+                Touched {
+                    credential_id: record.credential_id,
+                    deadlines: record.use_at(now, None, &shared.revocations)?,
+                },
+            ))
         });
         match live {
-            Some(touched) => touched,
+            Some(touched) => touched.map(|(handle, touched)| {
+                shared.mark_used(handle);
+                touched
+            }),
             None => Err(shared
                 .dead_by_id(credential_id, reach)?
                 .map_or(Rejection::Unknown, Rejection::Dead)),
@@ -68,6 +78,9 @@ impl Store {
         // Oldest first, so touched credentials come in mint order.
         for &handle in chain.iter().rev() {
             let look = shared.with_record(handle, |record| {
+                if !record.visible() {
+                    return TouchLook::Pending;
+                }
                 if !reach.covers(record.minted_by()) {
                     let live = record.death(now, &shared.revocations).is_none();
                     return TouchLook::OutOfReach { live };
@@ -82,6 +95,7 @@ impl Store {
             });
             match look {
                 Some(TouchLook::Touched(one)) => {
+                    shared.mark_used(handle);
                     if touched.touched.len() < listed {
                         touched.touched.push(one);
                     }
@@ -92,7 +106,7 @@ impl Store {
                     newest_death = Some((created_at, rejection));
                 }
                 Some(TouchLook::OutOfReach { live }) => out_of_reach_live |= live,
-                None => {}
+                Some(TouchLook::Pending) | None => {}
             }
         }
         drop(threads);
@@ -116,58 +130,72 @@ impl Store {
     }
 
     /// Revokes every credential of a thread within `reach`; counts those it
-    /// revoked and the live ones it left alone.
+    /// revoked and the live ones it left alone. On a durable store this
+    /// waits for the journal on the calling thread, and a failed write
+    /// leaves the revocation in force in memory only (the service uses
+    /// [`super::Backend::revoke_thread`], which reports it).
     pub fn revoke_thread(&self, thread_id: &str, reach: Reach<'_>) -> ThreadRevocation {
-        let shared = &*self.shared;
-        let (hash, thread_shard) = shared.thread_hash(thread_id);
-        let mut threads = shared.threads[thread_shard].write();
-        let Some(head) = shared.find_thread(&threads, hash, thread_id) else {
-            return ThreadRevocation::default();
-        };
-        let now = shared.clock.now();
-        let mut outcome = ThreadRevocation::default();
-        // Oldest first, so the thread's newest death is recorded last. Each
-        // removal is constant time: the whole call costs the thread's
-        // records, which the per-thread limit bounds.
-        for handle in shared.chain(head.newest).into_iter().rev() {
-            let look = shared.with_record(handle, |r| {
-                (
-                    reach.covers(r.minted_by()),
-                    r.death(now, &shared.revocations).is_none(),
-                )
-            });
-            match look {
-                Some((true, _)) => {
-                    let retired = shared.detach(
-                        &mut threads,
-                        ThreadKey {
-                            id: thread_id,
-                            hash,
-                        },
-                        handle,
-                        now,
-                        Some(RevocationCause::Thread),
-                        Accounting::GiveBack,
-                    );
-                    if let Retired::RevokedLive = retired {
-                        outcome.revoked += 1;
-                    }
-                }
-                Some((false, live)) => outcome.not_owned += u64::from(live),
-                None => {}
-            }
+        let (outcome, durable) = self.begin_revoke_thread(thread_id, reach);
+        if let Some(durable) = durable {
+            let _in_force_in_memory = durable.wait_blocking();
         }
         outcome
     }
 
+    /// [`Store::revoke_thread`] in memory, then its journal record
+    /// (written even when it ended nothing: a retry after a failed write
+    /// must still make the first attempt's revocation durable).
+    pub(super) fn begin_revoke_thread(
+        &self,
+        thread_id: &str,
+        reach: Reach<'_>,
+    ) -> (ThreadRevocation, Option<Durable>) {
+        let shared = &*self.shared;
+        let (hash, thread_shard) = shared.thread_hash(thread_id);
+        let mut threads = shared.threads[thread_shard].write();
+        let now = shared.clock.now();
+        let mut ended = Vec::new();
+        let outcome = shared.revoke_thread_locked(
+            &mut threads,
+            ThreadKey {
+                id: thread_id,
+                hash,
+            },
+            reach,
+            now,
+            Ended::Collect(&mut ended),
+        );
+        let durable = shared.durable.as_ref().map(|durable| {
+            durable.append(now, |w| {
+                w.thread_revoked(thread_id, reach_owner(reach), now, &ended)
+            })
+        });
+        (outcome, durable)
+    }
+
     /// Revokes one credential by its handle; returns 1 if it was live, 0 if
     /// it was dead or unknown, and [`Rejection::NotOwned`] (changing
-    /// nothing) when it is outside `reach`.
+    /// nothing) when it is outside `reach`. On a durable store this waits
+    /// as [`Store::revoke_thread`] does.
     pub fn revoke_credential(
         &self,
         credential_id: &CredentialId,
         reach: Reach<'_>,
     ) -> Result<CredentialRevocation, Rejection> {
+        let (outcome, durable) = self.begin_revoke_credential(credential_id, reach)?;
+        if let Some(durable) = durable {
+            let _in_force_in_memory = durable.wait_blocking();
+        }
+        Ok(outcome)
+    }
+
+    /// [`Store::revoke_credential`] in memory, then its journal record
+    /// (written even when memory holds only a tombstone, for a retry).
+    pub(super) fn begin_revoke_credential(
+        &self,
+        credential_id: &CredentialId,
+        reach: Reach<'_>,
+    ) -> Result<(CredentialRevocation, Option<Durable>), Rejection> {
         let shared = &*self.shared;
         let found = shared.with_id(credential_id, |handle, record| {
             (
@@ -179,22 +207,122 @@ impl Store {
         });
         let Some((handle, thread_id, provider_instance_id, within)) = found else {
             let dead = shared.dead_by_id(credential_id, reach)?;
-            return Ok(CredentialRevocation {
-                revoked: 0,
-                thread_id: dead.map(|dead| dead.thread_id),
-                provider_instance_id: None,
+            let now = shared.clock.now();
+            let durable = shared.durable.as_ref().map(|durable| {
+                durable.append(now, |w| w.credential_revoked(credential_id, now, false))
             });
+            return Ok((
+                CredentialRevocation {
+                    revoked: 0,
+                    thread_id: dead.map(|dead| dead.thread_id),
+                    provider_instance_id: None,
+                },
+                durable,
+            ));
         };
         if !within {
             return Err(not_owned(credential_id));
         }
-        let outcome =
-            shared.remove_from_thread(handle, &thread_id, Some(RevocationCause::Credential));
-        Ok(CredentialRevocation {
-            revoked: u64::from(matches!(outcome, Retired::RevokedLive)),
-            thread_id: Some(Arc::from(thread_id)),
-            provider_instance_id: Some(provider_instance_id),
-        })
+        let (hash, thread_shard) = shared.thread_hash(&thread_id);
+        let mut threads = shared.threads[thread_shard].write();
+        let now = shared.clock.now();
+        let outcome = shared.detach(
+            &mut threads,
+            ThreadKey {
+                id: &thread_id,
+                hash,
+            },
+            handle,
+            now,
+            Some(RevocationCause::Credential),
+            Accounting::GiveBack,
+        );
+        let was_live = matches!(outcome, Retired::RevokedLive);
+        let durable = shared.durable.as_ref().map(|durable| {
+            durable.append(now, |w| w.credential_revoked(credential_id, now, was_live))
+        });
+        drop(threads);
+        Ok((
+            CredentialRevocation {
+                revoked: u64::from(was_live),
+                thread_id: Some(Arc::from(thread_id)),
+                provider_instance_id: Some(provider_instance_id),
+            },
+            durable,
+        ))
+    }
+}
+
+/// The caller a reach is limited to, as the journal names it.
+fn reach_owner<'a>(reach: Reach<'a>) -> Option<&'a str> {
+    match reach {
+        Reach::All => None,
+        Reach::MintedBy(owner) => Some(owner),
+    }
+}
+
+/// What RevokeThread does with the ids of the live credentials it ends.
+pub(super) enum Ended<'a> {
+    /// Collects them for the journal.
+    Collect(&'a mut Vec<CredentialId>),
+    /// Replay: these were live when the revocation ran, whatever the
+    /// checkpointed last uses say now.
+    Force(&'a [CredentialId]),
+}
+
+impl Shared {
+    /// RevokeThread under the thread's lock, at `now`: shared by the call
+    /// and by journal replay.
+    pub(super) fn revoke_thread_locked(
+        &self,
+        threads: &mut ThreadShard,
+        thread: ThreadKey<'_>,
+        reach: Reach<'_>,
+        now: Millis,
+        mut ended: Ended<'_>,
+    ) -> ThreadRevocation {
+        let mut outcome = ThreadRevocation::default();
+        let Some(head) = self.find_thread(threads, thread.hash, thread.id) else {
+            return outcome;
+        };
+        // Oldest first, so the thread's newest death is recorded last. Each
+        // removal is constant time: the whole call costs the thread's
+        // records, which the per-thread limit bounds.
+        for handle in self.chain(head.newest).into_iter().rev() {
+            let look = self.with_record(handle, |r| {
+                (
+                    reach.covers(r.minted_by()),
+                    r.death(now, &self.revocations).is_none(),
+                    r.credential_id,
+                )
+            });
+            match look {
+                Some((true, _, id)) => {
+                    let removal = match &ended {
+                        Ended::Force(ids) if ids.contains(&id) => Removal::Forced,
+                        _ => Removal::Retire,
+                    };
+                    let retired = self.detach_as(
+                        threads,
+                        thread,
+                        handle,
+                        now,
+                        Some(RevocationCause::Thread),
+                        Accounting::GiveBack,
+                        removal,
+                    );
+                    if let Retired::RevokedLive = retired {
+                        outcome.revoked += 1;
+                        if let Ended::Collect(ids) = &mut ended {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Some((false, live, _)) => outcome.not_owned += u64::from(live),
+                None => {}
+            }
+        }
+        outcome
     }
 }
 
@@ -206,4 +334,6 @@ enum TouchLook {
     Dead(Millis, Rejection),
     /// Minted by another caller; whether it is live.
     OutOfReach { live: bool },
+    /// Its Mint is not yet durable: not there for any call.
+    Pending,
 }

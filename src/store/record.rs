@@ -3,7 +3,7 @@
 //! Resolve runs.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::revocation::{Pair, Revocations};
@@ -111,9 +111,19 @@ pub(super) struct Record {
     /// set by [`super::slab::RecordShard::insert`]. Fills what would be
     /// padding.
     pub(super) version: u32,
+    /// Set while its Mint waits for the journal: the record holds its place
+    /// in its thread and the budgets, and revocations of its thread reach
+    /// it, but no call can use it until the Mint is durable (see
+    /// [`super::Store::mint`]).
+    pub(super) pending: AtomicBool,
 }
 
 impl Record {
+    /// Whether a call may see it: its Mint is durable.
+    pub(super) fn visible(&self) -> bool {
+        !self.pending.load(Ordering::Acquire)
+    }
+
     /// The caller that minted it.
     pub(super) fn minted_by(&self) -> &str {
         &self.class.pair.owner.name

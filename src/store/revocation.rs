@@ -161,6 +161,55 @@ pub(super) struct Pair {
     live: CachePadded<Mutex<LiveCount>>,
 }
 
+impl Pair {
+    /// Its name in the journal.
+    pub(super) fn name(&self) -> ScopeName {
+        ScopeName::Pair {
+            owner: self.owner.name.clone(),
+            instance: self.instance_id.clone(),
+        }
+    }
+
+    /// Whether its owner holds the instance against other callers.
+    pub(super) fn claims(&self) -> bool {
+        self.claims
+    }
+}
+
+/// A RevokeAll scope as the journal names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ScopeName {
+    /// Everything.
+    Global,
+    /// Everything one caller minted.
+    Owner(Arc<str>),
+    /// One caller's credentials of one provider instance.
+    Pair {
+        /// The caller.
+        owner: Arc<str>,
+        /// The provider instance.
+        instance: Arc<str>,
+    },
+}
+
+/// A scope's latest stamp: the journal's record of a RevokeAll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ScopeStamp {
+    pub(super) name: ScopeName,
+    pub(super) epoch: u64,
+    pub(super) at: Millis,
+}
+
+/// A scope's remembered stamps, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ScopeState {
+    pub(super) name: ScopeName,
+    /// For a pair: whether it claims its instance.
+    pub(super) claims: bool,
+    /// (epoch, when), oldest first.
+    pub(super) history: Vec<(u64, Millis)>,
+}
+
 /// Every revocation scope and the epoch that orders them.
 #[derive(Default)]
 pub(super) struct Revocations {
@@ -327,7 +376,18 @@ impl Revocations {
     /// Revokes `target` at `now`; returns how many live credentials it
     /// ended. The cost grows with the number of callers of one instance at
     /// most, never with the number of credentials.
-    pub(super) fn revoke(&self, target: RevokeAllTarget<'_>, now: Millis) -> u64 {
+    ///
+    /// `journal` is called under the lock that orders RevokeAll with Mint's
+    /// stamp, with the latest stamp of every scope `target` names (new or
+    /// earlier): what the journal must hold for the revocation to survive a
+    /// restart, even when this call ended nothing because a failed attempt
+    /// before it already had.
+    pub(super) fn revoke(
+        &self,
+        target: RevokeAllTarget<'_>,
+        now: Millis,
+        journal: impl FnOnce(&[ScopeStamp]),
+    ) -> u64 {
         let _bumping = self.lock.write();
         let epoch = self.epoch.load(Ordering::Acquire) + 1;
         let global = self.global.revoked_at.load(Ordering::Acquire);
@@ -371,7 +431,176 @@ impl Revocations {
         if revoked > 0 {
             self.epoch.store(epoch, Ordering::Release);
         }
+        journal(&self.stamps_of(target));
         revoked
+    }
+
+    /// The latest stamps of the scopes `target` names.
+    fn stamps_of(&self, target: RevokeAllTarget<'_>) -> Vec<ScopeStamp> {
+        let mut stamps = Vec::new();
+        let mut push = |name: ScopeName, scope: &Scope| {
+            if let Some(&(epoch, at)) = scope.history.lock().back() {
+                stamps.push(ScopeStamp { name, epoch, at });
+            }
+        };
+        match target {
+            RevokeAllTarget::Everything => push(ScopeName::Global, &self.global),
+            RevokeAllTarget::MintedBy(name) => {
+                if let Some(owner) = self.owners.get(name) {
+                    push(ScopeName::Owner(owner.name.clone()), &owner.scope);
+                }
+            }
+            RevokeAllTarget::MintedByForInstance {
+                provider_instance_id,
+                ..
+            }
+            | RevokeAllTarget::Instance(provider_instance_id) => {
+                let only = match target {
+                    RevokeAllTarget::MintedByForInstance { minted_by, .. } => Some(minted_by),
+                    _ => None,
+                };
+                for pair in self.pairs_of(provider_instance_id) {
+                    if only.is_none_or(|name| *pair.owner.name == *name) {
+                        push(pair.name(), &pair.scope);
+                    }
+                }
+            }
+        }
+        stamps
+    }
+
+    /// The revocation epoch: records minted now are minted at it.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Every scope's state, for a snapshot: the global one, each owner's
+    /// and each pair's (a pair exists while records use it).
+    pub(super) fn scope_states(&self) -> Vec<ScopeState> {
+        let _quiet = self.lock.write();
+        let mut states = Vec::new();
+        let mut push = |name: ScopeName, claims: bool, scope: &Scope| {
+            let history: Vec<(u64, Millis)> = scope.history.lock().iter().copied().collect();
+            if !history.is_empty() {
+                states.push(ScopeState {
+                    name,
+                    claims,
+                    history,
+                });
+            }
+        };
+        push(ScopeName::Global, false, &self.global);
+        for owner in self.owners.iter() {
+            push(ScopeName::Owner(owner.name.clone()), false, &owner.scope);
+        }
+        for pairs in self.instances.iter() {
+            for pair in pairs.iter() {
+                push(pair.name(), pair.claims, &pair.scope);
+            }
+        }
+        states
+    }
+
+    /// Puts back a scope's stamps read from the journal or a snapshot,
+    /// oldest first. Stamps it already holds are skipped, so replaying a
+    /// record twice is harmless; the epoch moves up to the newest.
+    ///
+    /// A pair's scope is created with `claims` when given (a snapshot's);
+    /// without it (a RevokeAll record), a pair that holds no record is
+    /// left alone, as it has nothing to revoke.
+    pub(super) fn restore_stamps(
+        &self,
+        name: &ScopeName,
+        claims: Option<bool>,
+        stamps: &[(u64, Millis)],
+    ) {
+        let pair;
+        let owner;
+        let scope = match name {
+            ScopeName::Global => &self.global,
+            ScopeName::Owner(name) => {
+                owner = self.owner(name);
+                &owner.scope
+            }
+            ScopeName::Pair {
+                owner: owner_name,
+                instance,
+            } => {
+                let found = match claims {
+                    Some(claims) => Some(self.restored_pair(owner_name, instance, claims)),
+                    None => self.instances.get(&**instance).and_then(|pairs| {
+                        pairs
+                            .iter()
+                            .find(|pair| *pair.owner.name == **owner_name)
+                            .cloned()
+                    }),
+                };
+                let Some(found) = found else {
+                    return;
+                };
+                pair = found;
+                &pair.scope
+            }
+        };
+        let _bumping = self.lock.write();
+        for &(epoch, at) in stamps {
+            if scope.revoked_at.load(Ordering::Acquire) < epoch {
+                scope.stamp(epoch, at);
+            }
+            self.epoch.fetch_max(epoch, Ordering::AcqRel);
+        }
+    }
+
+    /// Moves the epoch up to `epoch` (a snapshot's).
+    pub(super) fn restore_epoch(&self, epoch: u64) {
+        let _bumping = self.lock.write();
+        self.epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// The pair of a record read back from the journal: no claim is
+    /// checked, since the Mint that made it passed them; `claims` is what
+    /// that Mint's caller made it.
+    pub(super) fn restored_pair(&self, owner: &str, instance_id: &str, claims: bool) -> Arc<Pair> {
+        let owner = self.owner(owner);
+        let mut pairs = match self.instances.get_mut(instance_id) {
+            Some(pairs) => pairs,
+            None => self.instances.entry(Arc::from(instance_id)).or_default(),
+        };
+        if let Some(pair) = pairs.iter().find(|pair| Arc::ptr_eq(&pair.owner, &owner)) {
+            return pair.clone();
+        }
+        let pair = Arc::new(Pair {
+            owner,
+            instance_id: pairs.key().clone(),
+            claims,
+            scope: Scope::default(),
+            live: CachePadded::default(),
+        });
+        pairs.push(pair.clone());
+        pair
+    }
+
+    /// Recounts the live records from scratch after a restore, which puts
+    /// records and stamps back in any order: `counted` yields the pair and
+    /// mint epoch of every record that no RevokeAll ended.
+    pub(super) fn recount<'a>(&self, counted: impl Iterator<Item = (&'a Pair, u64)>) {
+        let _bumping = self.lock.write();
+        self.global_live.store(0, Ordering::Release);
+        for owner in self.owners.iter() {
+            *owner.live.lock() = LiveCount::default();
+        }
+        for pairs in self.instances.iter() {
+            for pair in pairs.iter() {
+                *pair.live.lock() = LiveCount::default();
+            }
+        }
+        let global = self.global.revoked_at.load(Ordering::Acquire);
+        for (pair, epoch) in counted {
+            let owner = pair.owner.scope.revoked_at.load(Ordering::Acquire);
+            pair.live.lock().add(epoch, owner.max(global));
+            pair.owner.live.lock().add(epoch, global);
+            self.global_live.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// The pairs of a provider instance, copied out of the map so no map

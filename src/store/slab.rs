@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use super::durable::UsedSlots;
 use super::index::SlotIndex;
 use super::record::Record;
 use super::sweeper::Deadline;
@@ -152,7 +153,6 @@ impl Slab {
     }
 
     /// Every record held, in slot order.
-    #[cfg(debug_assertions)]
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
         self.chunks.iter().flatten().flatten()
     }
@@ -168,6 +168,8 @@ pub(super) struct RecordShard {
     pub(super) by_credential: SlotIndex,
     /// Min-heap of (deadline, handle); entries may be stale (see module docs).
     pub(super) deadlines: BinaryHeap<Reverse<Deadline>>,
+    /// The slots used since the last renewal checkpoint (durable stores).
+    pub(super) used: UsedSlots,
 }
 
 impl RecordShard {
@@ -208,6 +210,7 @@ impl RecordShard {
             credential_hash(&record.credential_id),
         );
         let slot = self.slab.insert(record);
+        self.used.cover(self.slab.slots());
         let slab = &self.slab;
         self.by_digest.insert(digest, slot, |s| {
             slab.at(s).map_or(0, |r| digest_hash(&r.digest))
@@ -240,7 +243,6 @@ impl RecordShard {
     }
 
     /// Every record held, in slot order.
-    #[cfg(debug_assertions)]
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
         self.slab.records()
     }

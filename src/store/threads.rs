@@ -47,6 +47,17 @@ pub(super) struct ThreadKey<'a> {
     pub(super) hash: u64,
 }
 
+/// How [`Shared::detach_as`] removes a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// As [`Shared::retire`] does: if dead or revoked, with a tombstone.
+    Retire,
+    /// A revocation that wins over a death by time (journal replay).
+    Forced,
+    /// A pending record whose Mint failed: gone without a trace.
+    Discard,
+}
+
 /// The part of a thread-id hash a [`ThreadHead`] keeps.
 pub(super) fn thread_tag(hash: u64) -> u32 {
     (hash >> 32) as u32
@@ -147,6 +158,21 @@ impl Shared {
         revoke: Option<RevocationCause>,
         accounting: Accounting,
     ) -> Retired {
+        self.detach_as(threads, thread, handle, now, revoke, accounting, Removal::Retire)
+    }
+
+    /// [`Shared::detach`], removing the record as `removal` says.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn detach_as(
+        &self,
+        threads: &mut ThreadShard,
+        thread: ThreadKey<'_>,
+        handle: Handle,
+        now: Millis,
+        revoke: Option<RevocationCause>,
+        accounting: Accounting,
+        removal: Removal,
+    ) -> Retired {
         let ThreadKey {
             id: thread_id,
             hash,
@@ -165,7 +191,17 @@ impl Shared {
         let Some(Some((older, newer))) = links else {
             return Retired::Absent;
         };
-        let outcome = self.retire(handle, now, revoke, accounting);
+        let outcome = match removal {
+            Removal::Retire => self.retire(handle, now, revoke, accounting),
+            Removal::Forced => self.retire_as(handle, now, revoke, accounting, true),
+            Removal::Discard => {
+                if self.discard(handle) {
+                    Retired::RemovedDead
+                } else {
+                    Retired::Absent
+                }
+            }
+        };
         if let Retired::RevokedLive | Retired::RemovedDead = outcome {
             self.unlink(threads, hash, head.newest, handle.key(), older, newer);
         }

@@ -102,6 +102,16 @@ impl Tombstones {
     }
 
     /// When the oldest tombstone was recorded.
+    /// Every tombstone with when it was recorded, oldest first: what a
+    /// snapshot holds, in the order that replays the same evictions.
+    pub(super) fn snapshot(&self) -> Vec<(TokenDigest, Millis, DeadCredential)> {
+        let order: Vec<(Millis, TokenDigest)> = self.order.lock().iter().copied().collect();
+        order
+            .into_iter()
+            .filter_map(|(at, digest)| Some((digest, at, self.get(&digest)?)))
+            .collect()
+    }
+
     pub(super) fn oldest(&self) -> Option<Millis> {
         self.order.lock().front().map(|&(at, _)| at)
     }
@@ -142,7 +152,7 @@ pub(super) struct ThreadDeath {
     /// When that credential was minted: a newer death replaces it.
     pub(super) created_at: Millis,
     /// When this entry was recorded, for eviction.
-    recorded_at: Millis,
+    pub(super) recorded_at: Millis,
     /// The credential (its `minted_by` is the owner).
     pub(super) dead: DeadCredential,
 }
@@ -215,6 +225,24 @@ impl ThreadTombstones {
 
     /// The newest dead credential of `thread_id` among those `reach`
     /// covers.
+    /// Every thread's deaths, oldest recorded first: what a snapshot holds.
+    pub(super) fn snapshot(&self) -> Vec<(Box<str>, ThreadDeath)> {
+        let mut all: Vec<(Box<str>, ThreadDeath)> = self
+            .by_thread
+            .iter()
+            .flat_map(|entry| {
+                let thread = entry.key().clone();
+                entry
+                    .value()
+                    .iter()
+                    .map(move |death| (thread.clone(), death.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by_key(|(_, death)| death.recorded_at);
+        all
+    }
+
     pub(super) fn get(&self, thread_id: &str, reach: Reach<'_>) -> Option<ThreadDeath> {
         let deaths = self.by_thread.get(thread_id)?;
         deaths

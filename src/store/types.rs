@@ -371,6 +371,15 @@ pub enum Rejection {
         /// [`NewCredential::owner_quota`].
         limit: u64,
     },
+    /// The store cannot make the change durable now (disk full, read-only,
+    /// I/O error, a stalled disk): nothing was done that a restart would
+    /// undo, except that a revocation stays in force in memory. Transient:
+    /// the same call may succeed once the disk recovers.
+    #[error("the store cannot write: {what}")]
+    Unavailable {
+        /// What failed, for the log; names no secret.
+        what: &'static str,
+    },
 }
 
 /// Which of the store's budgets a Mint found full.

@@ -465,8 +465,8 @@ impl Journal {
 }
 
 /// Says when an appended record is durable. Dropping it does not cancel the
-/// append.
-#[derive(Debug)]
+/// append; a clone waits for the same record.
+#[derive(Debug, Clone)]
 #[must_use = "a record is not known durable until `durable` returns Ok"]
 pub struct Durable {
     /// The outcome of the record's batch, or why it was not queued.

@@ -47,8 +47,27 @@ impl Recovered {
         Records {
             recovered: self,
             next_body: 0,
+            end_body: self.bodies.len(),
             rest: &[],
         }
+    }
+
+    /// The snapshot's records, then the journal's after it, apart: a
+    /// journal record may repeat a change the snapshot already holds, and
+    /// the store must know which records came after the boundary.
+    pub fn split(&self) -> (Records<'_>, Records<'_>) {
+        let boundary = if self.snapshot.is_some() {
+            self.bodies.partition_point(|(file, _)| *file == 0)
+        } else {
+            0
+        };
+        let part = |next_body, end_body| Records {
+            recovered: self,
+            next_body,
+            end_body,
+            rest: &[],
+        };
+        (part(0, boundary), part(boundary, self.bodies.len()))
     }
 
     /// How many records [`Recovered::records`] yields.
@@ -90,6 +109,8 @@ pub struct Records<'a> {
     recovered: &'a Recovered,
     /// The next batch body to read.
     next_body: usize,
+    /// The batch body to stop at.
+    end_body: usize,
     /// What is left of the current body.
     rest: &'a [u8],
 }
@@ -102,6 +123,9 @@ impl<'a> Iterator for Records<'a> {
             if let Some((payload, rest)) = split_record(self.rest) {
                 self.rest = rest;
                 return Some(payload);
+            }
+            if self.next_body >= self.end_body {
+                return None;
             }
             let (file, range) = self.recovered.bodies.get(self.next_body)?;
             self.next_body += 1;

@@ -1,0 +1,197 @@
+//! The one store API the service talks to, whatever keeps the credentials:
+//! async and fallible, because a store that writes to a disk or a network
+//! can fail and must be waited for.
+//!
+//! An enum rather than a trait object: each call is a static dispatch and
+//! its future is a plain state machine, so the embedded Resolve allocates
+//! nothing and boxes nothing (it never waits, and its future completes on
+//! first poll). Writes await the journal without holding any lock.
+
+use super::durable::unavailable;
+use super::journal::Durable;
+use super::mint::BegunMint;
+use super::types::{
+    CredentialRevocation, CredentialView, Minted, NewCredential, Reach, Rejection, RevokeAllTarget,
+    ThreadRevocation, ThreadTouch, Touched,
+};
+use super::Store;
+use crate::clock::Millis;
+use crate::token::{CredentialId, TokenDigest};
+
+/// Where the credentials live.
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded store, in memory, with or without its journal.
+    Embedded(Store),
+}
+
+impl From<Store> for Backend {
+    fn from(store: Store) -> Self {
+        Backend::Embedded(store)
+    }
+}
+
+impl Backend {
+    /// See [`Store::resolve_with`].
+    pub async fn resolve_with<T>(
+        &self,
+        digest: &TokenDigest,
+        required_scope: Option<&str>,
+        answer: impl FnOnce(CredentialView<'_>) -> T,
+    ) -> Result<T, Rejection> {
+        match self {
+            Backend::Embedded(store) => store.resolve_with(digest, required_scope, answer),
+        }
+    }
+
+    /// See [`Store::mint`]: the new credential works once this returns
+    /// `Ok`, and not before. Dropping the future midway (a cancelled call)
+    /// still ends the Mint in the background, one way or the other.
+    pub async fn mint(
+        &self,
+        digest: TokenDigest,
+        new: NewCredential<'_>,
+    ) -> Result<Minted, Rejection> {
+        match self {
+            Backend::Embedded(store) => {
+                let mut begun = store.begin_mint(digest, new)?;
+                let Some(durable) = begun.durable.take() else {
+                    return store.finish_mint(begun, Ok(()));
+                };
+                let mut waiting = MintWaiting {
+                    store: store.clone(),
+                    begun: Some(begun),
+                    durable: Some(durable.clone()),
+                };
+                let written = durable.durable().await;
+                let begun = waiting.begun.take().expect("finished once");
+                waiting.durable = None;
+                store.finish_mint(begun, written)
+            }
+        }
+    }
+
+    /// See [`Store::touch_credential`].
+    pub async fn touch_credential(
+        &self,
+        credential_id: &CredentialId,
+        reach: Reach<'_>,
+    ) -> Result<Touched, Rejection> {
+        match self {
+            Backend::Embedded(store) => store.touch_credential(credential_id, reach),
+        }
+    }
+
+    /// See [`Store::touch_thread`].
+    pub async fn touch_thread(
+        &self,
+        thread_id: &str,
+        reach: Reach<'_>,
+    ) -> Result<ThreadTouch, Rejection> {
+        match self {
+            Backend::Embedded(store) => store.touch_thread(thread_id, reach),
+        }
+    }
+
+    /// See [`Store::revoke_thread`]: in force at once, and durable when
+    /// this returns `Ok`; [`Rejection::Unavailable`] when the write failed
+    /// (the revocation stays in force until a restart; retry it).
+    pub async fn revoke_thread(
+        &self,
+        thread_id: &str,
+        reach: Reach<'_>,
+    ) -> Result<ThreadRevocation, Rejection> {
+        match self {
+            Backend::Embedded(store) => {
+                let (outcome, durable) = store.begin_revoke_thread(thread_id, reach);
+                written(durable).await?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// See [`Store::revoke_credential`], durable as
+    /// [`Backend::revoke_thread`] is.
+    pub async fn revoke_credential(
+        &self,
+        credential_id: &CredentialId,
+        reach: Reach<'_>,
+    ) -> Result<CredentialRevocation, Rejection> {
+        match self {
+            Backend::Embedded(store) => {
+                let (outcome, durable) = store.begin_revoke_credential(credential_id, reach)?;
+                written(durable).await?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// See [`Store::revoke_all`], durable as [`Backend::revoke_thread`] is.
+    pub async fn revoke_all(&self, target: RevokeAllTarget<'_>) -> Result<u64, Rejection> {
+        match self {
+            Backend::Embedded(store) => {
+                let (revoked, durable) = store.begin_revoke_all(target);
+                written(durable).await?;
+                Ok(revoked)
+            }
+        }
+    }
+
+    /// The store's clock reading (see [`Store::now`]).
+    pub fn now(&self) -> Millis {
+        match self {
+            Backend::Embedded(store) => store.now(),
+        }
+    }
+
+    /// The embedded store, for what only it has (counts for tests and
+    /// benchmarks, its background tasks).
+    pub fn embedded(&self) -> Option<&Store> {
+        match self {
+            Backend::Embedded(store) => Some(store),
+        }
+    }
+}
+
+/// Waits for a change's journal record, if it has one.
+async fn written(durable: Option<Durable>) -> Result<(), Rejection> {
+    match durable {
+        Some(durable) => durable.durable().await.map_err(|e| unavailable(&e)),
+        None => Ok(()),
+    }
+}
+
+/// A Mint waiting for the disk. If its future is dropped before the write
+/// is known, the Mint is finished on a task of its own, so its pending
+/// record never stays pending.
+struct MintWaiting {
+    store: Store,
+    begun: Option<BegunMint>,
+    durable: Option<Durable>,
+}
+
+impl Drop for MintWaiting {
+    fn drop(&mut self) {
+        let Some(begun) = self.begun.take() else {
+            return;
+        };
+        let store = self.store.clone();
+        let durable = self.durable.take();
+        let finish = move |written| {
+            // The caller is gone: nobody holds the token, whatever happens.
+            let _unanswered = store.finish_mint(begun, written);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let written = match durable {
+                        Some(durable) => durable.durable().await,
+                        None => Ok(()),
+                    };
+                    finish(written);
+                });
+            }
+            Err(_) => finish(durable.map_or(Ok(()), Durable::wait_blocking)),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Restart: the snapshot, then the journal after it, applied to an empty
+//! store.
+//!
+//! A snapshot is written while calls go on, so it may already hold changes
+//! whose records come after its boundary. Every record kind is therefore
+//! applied so that applying it again is harmless (stamps are set-if-newer,
+//! uses are a maximum, a revocation of what is already gone does nothing),
+//! and credentials minted after the boundary are left out of the snapshot's
+//! part and put back by their own Mint record, in order: a revocation after
+//! the boundary then reaches exactly the credentials that existed when it
+//! ran, as in memory.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::super::journal::Recovered;
+use super::super::owner_calls::Ended;
+use super::super::record::{Class, Record};
+use super::super::slab::{shard_of_digest, SlotKey};
+use super::super::sweeper::Deadline;
+use super::super::threads::{Removal, ThreadKey};
+use super::super::types::{Reach, RevocationCause};
+use super::super::{Accounting, Shared, SHARDS};
+use super::event::{DecodeError, Event, StoredCredential};
+use crate::clock::Millis;
+use crate::token::CredentialId;
+
+/// Where a Minted record's credential id sits: after the tag and digest.
+const MINTED_ID: std::ops::Range<usize> = 33..49;
+
+/// Replays `recovered` into the empty store `shared`; `newest` is the
+/// newest time the store had used and `grace` the downtime forgiven (see
+/// [`super::RESTART_GRACE`]). Returns how many records were read.
+pub(super) fn restore(
+    shared: &Shared,
+    recovered: &Recovered,
+    newest: Millis,
+    grace: Millis,
+) -> Result<u64, DecodeError> {
+    let (snapshot, journal) = recovered.split();
+    let minted_later: HashSet<[u8; 16]> = journal
+        .clone()
+        .filter(|payload| payload.first() == Some(&1) && payload.len() >= MINTED_ID.end)
+        .map(|payload| payload[MINTED_ID].try_into().expect("16 bytes"))
+        .collect();
+    // The snapshot's newer last uses of credentials it leaves to their Mint.
+    let mut later_uses: HashMap<CredentialId, Millis> = HashMap::new();
+    let mut records = 0u64;
+    for payload in snapshot {
+        records += 1;
+        match Event::decode(payload)? {
+            Event::Minted {
+                credential,
+                replaced,
+            } => {
+                if minted_later.contains(credential.credential_id.as_bytes()) {
+                    later_uses.insert(credential.credential_id, credential.last_used);
+                } else {
+                    restore_minted(shared, credential, &replaced)?;
+                }
+            }
+            Event::Tombstone { dead, .. }
+                if minted_later.contains(dead.credential_id.as_bytes()) => {}
+            event => apply(shared, event)?,
+        }
+    }
+    for payload in journal {
+        records += 1;
+        apply(shared, Event::decode(payload)?)?;
+    }
+    for (id, last_used) in later_uses {
+        shared.with_id(&id, |_, record| {
+            record.last_used.fetch_max(last_used, Ordering::AcqRel)
+        });
+    }
+    finish(shared, newest, grace);
+    Ok(records)
+}
+
+/// Applies one record.
+fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
+    match event {
+        Event::Minted {
+            credential,
+            replaced,
+        } => restore_minted(shared, credential, &replaced)?,
+        Event::Renewed { uses } => {
+            for (id, last_used) in uses {
+                shared.with_id(&id, |_, record| {
+                    record.last_used.fetch_max(last_used, Ordering::AcqRel)
+                });
+            }
+        }
+        Event::CredentialRevoked {
+            credential_id,
+            at,
+            was_live,
+        } => {
+            let found = shared.with_id(&credential_id, |handle, record| {
+                (handle, record.thread_id.clone())
+            });
+            if let Some((handle, thread_id)) = found {
+                let (hash, thread_shard) = shared.thread_hash(&thread_id);
+                let mut threads = shared.threads[thread_shard].write();
+                shared.detach_as(
+                    &mut threads,
+                    ThreadKey {
+                        id: &thread_id,
+                        hash,
+                    },
+                    handle,
+                    at,
+                    Some(RevocationCause::Credential),
+                    Accounting::GiveBack,
+                    if was_live {
+                        Removal::Forced
+                    } else {
+                        Removal::Retire
+                    },
+                );
+            }
+        }
+        Event::ThreadRevoked {
+            thread_id,
+            reach,
+            at,
+            ended,
+        } => {
+            let (hash, thread_shard) = shared.thread_hash(&thread_id);
+            let mut threads = shared.threads[thread_shard].write();
+            let reach = reach.as_deref().map_or(Reach::All, Reach::MintedBy);
+            shared.revoke_thread_locked(
+                &mut threads,
+                ThreadKey {
+                    id: &thread_id,
+                    hash,
+                },
+                reach,
+                at,
+                Ended::Force(&ended),
+            );
+        }
+        Event::ScopesStamped { stamps } => {
+            for (name, epoch, at) in stamps {
+                shared.revocations.restore_stamps(&name, None, &[(epoch, at)]);
+            }
+        }
+        Event::ScopeHistory {
+            name,
+            claims,
+            history,
+        } => shared
+            .revocations
+            .restore_stamps(&name, Some(claims), &history),
+        Event::Epoch { epoch } => shared.revocations.restore_epoch(epoch),
+        Event::Tombstone {
+            digest,
+            recorded_at,
+            dead,
+        } => shared
+            .tombstones
+            .record(digest, dead, recorded_at, shared.retention),
+        Event::ThreadDeath {
+            thread_id,
+            created_at,
+            recorded_at,
+            dead,
+        } => shared.thread_tombstones.record(
+            &thread_id,
+            created_at,
+            || dead,
+            recorded_at,
+            shared.retention,
+        ),
+    }
+    Ok(())
+}
+
+/// Puts back a minted credential, after revoking what its Mint replaced
+/// (at its mint time, oldest first, as the Mint did).
+fn restore_minted(
+    shared: &Shared,
+    credential: StoredCredential,
+    replaced: &[CredentialId],
+) -> Result<(), DecodeError> {
+    let record_shard = shard_of_digest(&credential.digest);
+    if usize::from(credential.credential_id.route()) % SHARDS != record_shard {
+        return Err(DecodeError::new("credential id routes to another shard"));
+    }
+    let (hash, thread_shard) = shared.thread_hash(&credential.thread_id);
+    let mut threads = shared.threads[thread_shard].write();
+    let thread = ThreadKey {
+        id: &credential.thread_id,
+        hash,
+    };
+    for id in replaced {
+        let handle = shared.with_id(id, |handle, record| {
+            (*record.thread_id == *credential.thread_id).then_some(handle)
+        });
+        if let Some(Some(handle)) = handle {
+            shared.detach(
+                &mut threads,
+                thread,
+                handle,
+                credential.created_at,
+                Some(RevocationCause::Replaced),
+                Accounting::GiveBack,
+            );
+        }
+    }
+    if shared.with_id(&credential.credential_id, |_, _| ()).is_some()
+        || shared.tombstones.get(&credential.digest).is_some()
+    {
+        // Already there: a record the snapshot held as well.
+        return Ok(());
+    }
+    let pair = shared.revocations.restored_pair(
+        &credential.minted_by,
+        &credential.instance_id,
+        credential.claims,
+    );
+    let scopes: Arc<[Box<str>]> = credential.scopes.into();
+    let labels: Arc<[(Box<str>, Box<str>)]> = credential.labels.into();
+    let bytes = Class::budget_bytes(
+        &pair.instance_id,
+        credential.provider_kind.as_deref(),
+        &scopes,
+        &labels,
+    );
+    let class = shared.class(Class {
+        pair,
+        provider_kind: credential.provider_kind,
+        scopes,
+        labels,
+        idle_timeout: credential.idle_timeout,
+        max_lifetime: credential.max_lifetime,
+        absolute_lifetime: credential.absolute_lifetime,
+        bytes,
+    });
+    let head = shared.find_thread(&threads, hash, &credential.thread_id);
+    let record = Record {
+        digest: credential.digest,
+        last_used: AtomicU64::new(credential.last_used),
+        class,
+        minted_epoch: credential.minted_epoch,
+        created_at: credential.created_at,
+        credential_id: credential.credential_id,
+        thread_id: credential.thread_id.clone(),
+        older: AtomicU32::new(head.map_or(SlotKey::NONE, |h| h.newest).0),
+        newer: AtomicU32::new(SlotKey::NONE.0),
+        version: 0,
+        pending: AtomicBool::new(false),
+    };
+    let budget = record.budget_bytes();
+    let deadline = record.deadlines().idle_expires_at;
+    let handle = {
+        let mut shard = shared.records[record_shard].write();
+        let handle = shard.insert(record_shard, record);
+        shard.deadlines.push(Reverse(Deadline {
+            at: deadline,
+            handle,
+        }));
+        handle
+    };
+    shared.link_newest(&mut threads, hash, head, handle.key());
+    shared.held.credentials.fetch_add(1, Ordering::AcqRel);
+    shared.held.bytes.fetch_add(budget, Ordering::AcqRel);
+    Ok(())
+}
+
+/// After replay: the live counts from the records, the downtime grace, and
+/// a sweep requested for what died meanwhile.
+fn finish(shared: &Shared, newest: Millis, grace: Millis) {
+    let revocations = &shared.revocations;
+    let shards: Vec<_> = shared.records.iter().map(|s| s.read()).collect();
+    revocations.recount(
+        shards
+            .iter()
+            .flat_map(|shard| shard.records())
+            .filter(|record| record.counted(revocations))
+            .map(|record| (&*record.class.pair, record.minted_epoch)),
+    );
+    if grace > 0 {
+        let now = shared.clock.now();
+        for record in shards.iter().flat_map(|shard| shard.records()) {
+            // Only what was live when the store stopped: the grace never
+            // revives a credential already dead then.
+            if record.death(newest, revocations).is_none() {
+                let last_used = record.last_used.load(Ordering::Acquire);
+                let moved = last_used.saturating_add(grace).min(now).max(last_used);
+                record.last_used.store(moved, Ordering::Release);
+            }
+        }
+    }
+    drop(shards);
+    shared.reclaim.request();
+    shared.sweeper_wakeup.notify_one();
+}
