@@ -340,7 +340,10 @@ pub struct ServeArgs {
 
     /// Start after cutting a damaged journal at FILE:OFFSET, as the refusal
     /// to start names it: what follows is lost.
-    #[arg(long = "truncate-journal-at", env = "CREDENTIAL_AUTHORITY_TRUNCATE_JOURNAL_AT")]
+    #[arg(
+        long = "truncate-journal-at",
+        env = "CREDENTIAL_AUTHORITY_TRUNCATE_JOURNAL_AT"
+    )]
     pub truncate_journal_at: Option<TruncateAt>,
 
     /// How long in-flight calls may run after SIGTERM or SIGINT before the

@@ -373,26 +373,28 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 violations.required_scope("required_scope", &request.required_scope);
             violations.into_result(())?;
             let digest = token::parse(&request.token)?;
-            let response = self.store.resolve_with(&digest, required_scope, |view| {
-                resolved_id = Some(view.credential_id);
-                pb::ResolveResponse {
-                    credential_id: view.credential_id.to_string(),
-                    thread_id: view.thread_id.to_owned(),
-                    provider_instance_id: view.provider_instance_id.to_owned(),
-                    provider_kind: view.provider_kind.unwrap_or_default().to_owned(),
-                    expires_at: timestamp(view.deadlines.expires_at),
-                    idle_expires_at: timestamp(view.deadlines.idle_expires_at),
-                    created_at: timestamp(view.created_at),
-                    scopes: view.scopes.iter().map(|s| s.to_string()).collect(),
-                    labels: view
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    minted_by: view.minted_by.to_owned(),
-                }
-            })
-            .await?;
+            let response = self
+                .store
+                .resolve_with(&digest, required_scope, |view| {
+                    resolved_id = Some(view.credential_id);
+                    pb::ResolveResponse {
+                        credential_id: view.credential_id.to_string(),
+                        thread_id: view.thread_id.to_owned(),
+                        provider_instance_id: view.provider_instance_id.to_owned(),
+                        provider_kind: view.provider_kind.unwrap_or_default().to_owned(),
+                        expires_at: timestamp(view.deadlines.expires_at),
+                        idle_expires_at: timestamp(view.deadlines.idle_expires_at),
+                        created_at: timestamp(view.created_at),
+                        scopes: view.scopes.iter().map(|s| s.to_string()).collect(),
+                        labels: view
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        minted_by: view.minted_by.to_owned(),
+                    }
+                })
+                .await?;
             Ok(response)
         }
         .await;

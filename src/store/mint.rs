@@ -15,12 +15,12 @@ use std::cmp::Reverse;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::durable;
+use super::journal::{Durable, JournalError};
 use super::record::{Class, Record};
 use super::revocation::InstanceTaken;
 use super::slab::{shard_of_digest, Handle, SlotKey};
 use super::sweeper::Deadline;
-use super::durable;
-use super::journal::{Durable, JournalError};
 use super::threads::{Removal, ThreadKey, ThreadShard};
 use super::types::{Budget, Deadlines, Minted, NewCredential, Rejection, RevocationCause};
 use super::{clamp_override, Accounting, Retired, Shared, Store};
@@ -270,7 +270,10 @@ impl Store {
         let mut threads = shared.threads[thread_shard].write();
         let now = shared.clock.now();
         if let Some(durable) = &shared.durable {
-            durable.pending_replacements.lock().remove(&begun.credential_id);
+            durable
+                .pending_replacements
+                .lock()
+                .remove(&begun.credential_id);
         }
         match written {
             Ok(()) => {

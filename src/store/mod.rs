@@ -58,13 +58,13 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, Millis};
 use crate::token::{CredentialId, TokenDigest};
+pub use backend::Backend;
+use durable::Durability;
+pub use durable::{CheckpointerGuard, DurableOptions, OpenError, Recovery, RESTART_GRACE};
 use record::{Class, Record};
 use revocation::Revocations;
 use slab::{shard_of_digest, Handle, RecordShard, SlotKey};
 use sweeper::Reclaim;
-pub use backend::Backend;
-use durable::Durability;
-pub use durable::{CheckpointerGuard, DurableOptions, OpenError, Recovery, RESTART_GRACE};
 pub use sweeper::{SweepReport, SweeperGuard};
 use threads::ThreadShard;
 use tombstones::{Retention, ThreadTombstones, Tombstones};
@@ -452,6 +452,14 @@ impl Shared {
         if self.durable.is_some() {
             self.records[handle.shard()].read().used.mark(handle.slot());
         }
+    }
+
+    /// Runs `read` on the record under `digest`, without using it.
+    #[cfg(test)]
+    fn with_digest<T>(&self, digest: &TokenDigest, read: impl FnOnce(&Record) -> T) -> Option<T> {
+        let shard = self.records[shard_of_digest(digest)].read();
+        let slot = shard.digest_slot(digest)?;
+        shard.at(slot).map(read)
     }
 
     /// Runs `read` on the record `handle` names, under its shard's read lock.

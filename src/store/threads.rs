@@ -158,7 +158,15 @@ impl Shared {
         revoke: Option<RevocationCause>,
         accounting: Accounting,
     ) -> Retired {
-        self.detach_as(threads, thread, handle, now, revoke, accounting, Removal::Retire)
+        self.detach_as(
+            threads,
+            thread,
+            handle,
+            now,
+            revoke,
+            accounting,
+            Removal::Retire,
+        )
     }
 
     /// [`Shared::detach`], removing the record as `removal` says.
@@ -250,9 +258,33 @@ impl Shared {
         thread_id: &str,
         revoke: Option<RevocationCause>,
     ) -> Retired {
+        let now = self.clock.now();
+        let id = self
+            .durable
+            .as_ref()
+            .and_then(|_| self.with_record(handle, |r| r.credential_id));
+        let outcome = self.remove_from_thread_at(handle, thread_id, revoke, now);
+        if let (Some(durable), Some(id), Retired::RemovedDead | Retired::RevokedLive) =
+            (&self.durable, id, &outcome)
+        {
+            // So that a restart puts back the tombstone as it was, rather
+            // than one recorded when the replayed record is swept again.
+            // Nobody waits: a lost record is swept again after a restart.
+            let _ = durable.append_unawaited(now, |w| w.swept(&id, now));
+        }
+        outcome
+    }
+
+    /// [`Shared::remove_from_thread`] at `now` (journal replay).
+    pub(super) fn remove_from_thread_at(
+        &self,
+        handle: Handle,
+        thread_id: &str,
+        revoke: Option<RevocationCause>,
+        now: Millis,
+    ) -> Retired {
         let (hash, thread_shard) = self.thread_hash(thread_id);
         let mut threads = self.threads[thread_shard].write();
-        let now = self.clock.now();
         self.detach(
             &mut threads,
             ThreadKey {

@@ -80,7 +80,9 @@ pub(in crate::store) enum Event {
         ended: Vec<CredentialId>,
     },
     /// RevokeAll: the latest stamp of each scope it names.
-    ScopesStamped { stamps: Vec<(ScopeName, u64, Millis)> },
+    ScopesStamped {
+        stamps: Vec<(ScopeName, u64, Millis)>,
+    },
     /// Snapshot: a scope's remembered stamps, oldest first.
     ScopeHistory {
         name: ScopeName,
@@ -89,6 +91,16 @@ pub(in crate::store) enum Event {
     },
     /// Snapshot: the revocation epoch.
     Epoch { epoch: u64 },
+    /// A clean stop at `at`: every use before it is in the journal.
+    Closed {
+        #[allow(dead_code)] // for a reader of the journal; replay needs only the kind
+        at: Millis,
+    },
+    /// The sweeper removed a dead credential at `at`, leaving a tombstone.
+    Swept {
+        credential_id: CredentialId,
+        at: Millis,
+    },
     /// Snapshot: a dead credential's tombstone, recorded at `recorded_at`.
     Tombstone {
         digest: TokenDigest,
@@ -113,6 +125,8 @@ const SCOPE_HISTORY: u8 = 6;
 const EPOCH: u8 = 7;
 const TOMBSTONE: u8 = 8;
 const THREAD_DEATH: u8 = 9;
+const SWEPT: u8 = 10;
+const CLOSED: u8 = 11;
 
 /// Appends little-endian fields to a record.
 pub(in crate::store) struct Writer<'a>(pub(in crate::store) &'a mut Vec<u8>);
@@ -217,7 +231,12 @@ impl Writer<'_> {
     }
 
     /// A RevokeCredential.
-    pub(in crate::store) fn credential_revoked(&mut self, id: &CredentialId, at: Millis, was_live: bool) {
+    pub(in crate::store) fn credential_revoked(
+        &mut self,
+        id: &CredentialId,
+        at: Millis,
+        was_live: bool,
+    ) {
         self.u8(CREDENTIAL_REVOKED);
         self.bytes(id.as_bytes());
         self.u64(at);
@@ -254,7 +273,12 @@ impl Writer<'_> {
     }
 
     /// A scope's history.
-    pub(in crate::store) fn scope_history(&mut self, name: &ScopeName, claims: bool, history: &[(u64, Millis)]) {
+    pub(in crate::store) fn scope_history(
+        &mut self,
+        name: &ScopeName,
+        claims: bool,
+        history: &[(u64, Millis)],
+    ) {
         self.u8(SCOPE_HISTORY);
         self.scope(name);
         self.u8(u8::from(claims));
@@ -265,6 +289,19 @@ impl Writer<'_> {
         }
     }
 
+    /// A clean stop.
+    pub(in crate::store) fn closed(&mut self, at: Millis) {
+        self.u8(CLOSED);
+        self.u64(at);
+    }
+
+    /// A sweeper removal.
+    pub(in crate::store) fn swept(&mut self, id: &CredentialId, at: Millis) {
+        self.u8(SWEPT);
+        self.bytes(id.as_bytes());
+        self.u64(at);
+    }
+
     /// The revocation epoch.
     pub(in crate::store) fn epoch(&mut self, epoch: u64) {
         self.u8(EPOCH);
@@ -272,7 +309,12 @@ impl Writer<'_> {
     }
 
     /// A tombstone.
-    pub(in crate::store) fn tombstone(&mut self, digest: &TokenDigest, recorded_at: Millis, dead: &DeadCredential) {
+    pub(in crate::store) fn tombstone(
+        &mut self,
+        digest: &TokenDigest,
+        recorded_at: Millis,
+        dead: &DeadCredential,
+    ) {
         self.u8(TOMBSTONE);
         self.bytes(digest.as_bytes());
         self.u64(recorded_at);
@@ -368,10 +410,14 @@ impl<'a> Reader<'a> {
         }
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     /// A count of items each at least `min_len` bytes long, checked against
     /// what is left so a forged count cannot make us allocate.
@@ -390,13 +436,21 @@ impl<'a> Reader<'a> {
             .map_err(|_| DecodeError("string is not UTF-8"))
     }
     fn opt_str(&mut self) -> Result<Option<Box<str>>, DecodeError> {
-        Ok(if self.bool()? { Some(self.str()?) } else { None })
+        Ok(if self.bool()? {
+            Some(self.str()?)
+        } else {
+            None
+        })
     }
     fn digest(&mut self) -> Result<TokenDigest, DecodeError> {
-        Ok(TokenDigest::from_bytes(self.take(32)?.try_into().expect("32 bytes")))
+        Ok(TokenDigest::from_bytes(
+            self.take(32)?.try_into().expect("32 bytes"),
+        ))
     }
     fn id(&mut self) -> Result<CredentialId, DecodeError> {
-        Ok(CredentialId::from_bytes(self.take(16)?.try_into().expect("16 bytes")))
+        Ok(CredentialId::from_bytes(
+            self.take(16)?.try_into().expect("16 bytes"),
+        ))
     }
     fn ids(&mut self) -> Result<Vec<CredentialId>, DecodeError> {
         let n = self.count(16)?;
@@ -509,6 +563,11 @@ impl Event {
                 }
             }
             EPOCH => Event::Epoch { epoch: r.u64()? },
+            CLOSED => Event::Closed { at: r.u64()? },
+            SWEPT => Event::Swept {
+                credential_id: r.id()?,
+                at: r.u64()?,
+            },
             TOMBSTONE => Event::Tombstone {
                 digest: r.digest()?,
                 recorded_at: r.u64()?,
@@ -641,6 +700,18 @@ mod tests {
             },
         ));
         let mut buf = Vec::new();
+        Writer(&mut buf).swept(&replaced[0], 45);
+        encoded.push((
+            buf,
+            Event::Swept {
+                credential_id: replaced[0],
+                at: 45,
+            },
+        ));
+        let mut buf = Vec::new();
+        Writer(&mut buf).closed(46);
+        encoded.push((buf, Event::Closed { at: 46 }));
+        let mut buf = Vec::new();
         Writer(&mut buf).epoch(44);
         encoded.push((buf, Event::Epoch { epoch: 44 }));
         let mut buf = Vec::new();
@@ -666,7 +737,10 @@ mod tests {
             let decoded = Event::decode(&bytes).expect("decodes");
             assert_eq!(format!("{decoded:?}"), format!("{event:?}"));
             for cut in 0..bytes.len() {
-                assert!(Event::decode(&bytes[..cut]).is_err(), "{event:?} cut at {cut}");
+                assert!(
+                    Event::decode(&bytes[..cut]).is_err(),
+                    "{event:?} cut at {cut}"
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);

@@ -26,6 +26,8 @@
 pub(super) mod event;
 mod replay;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 mod used;
 
 use std::collections::HashMap;
@@ -48,11 +50,12 @@ use crate::token::CredentialId;
 use event::{CredentialFields, Writer};
 pub(super) use used::UsedSlots;
 
-/// A downtime up to this long does not count towards idle timeouts or
-/// lifetimes: every credential live when the store stopped gets its
-/// deadlines moved on by the downtime, up to this much. So an upgrade or a
-/// crash and restart within a minute logs no agent out, while a store down
-/// for a day does not keep day-idle credentials alive.
+/// A downtime up to this long kills no credential: one that was live when
+/// the store stopped and whose deadline passed while it was down has its
+/// deadlines moved on by the downtime, up to this much; every other
+/// deadline stays exactly as it was. So an upgrade or a crash and restart
+/// within a minute logs no agent out, while a store down for a day does
+/// not keep day-idle credentials alive.
 pub const RESTART_GRACE: Duration = Duration::from_secs(60);
 
 /// Renewals per checkpoint record: bounds one record's size (24 bytes
@@ -175,6 +178,20 @@ impl Durability {
     }
 }
 
+impl Durability {
+    /// Appends a record nobody waits for (see [`Journal::append_unawaited`]).
+    pub(super) fn append_unawaited(
+        &self,
+        now: Millis,
+        write: impl FnOnce(&mut Writer<'_>),
+    ) -> Result<(), JournalError> {
+        let mut payload = Vec::with_capacity(32);
+        write(&mut Writer(&mut payload));
+        self.journal.record_time(now);
+        self.journal.append_unawaited(&payload)
+    }
+}
+
 /// A Mint's journal record.
 pub(super) fn minted_payload(record: &Record, replaced: &[CredentialId]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(160 + record.thread_id.len());
@@ -244,12 +261,13 @@ impl Store {
         let store = Store::build(config, clock, Some(durability));
         let downtime = now.saturating_sub(newest);
         let grace = downtime.min(RESTART_GRACE.as_millis() as Millis);
-        let replayed = replay::restore(&store.shared, &recovered, newest, grace).map_err(
-            |error| OpenError::Undecodable {
-                dir: options.dir.clone(),
-                error,
-            },
-        )?;
+        let replayed =
+            replay::restore(&store.shared, &recovered, newest, grace).map_err(|error| {
+                OpenError::Undecodable {
+                    dir: options.dir.clone(),
+                    error,
+                }
+            })?;
         let recovery = Recovery {
             records: replayed,
             credentials: store.record_count() as u64,
@@ -303,7 +321,10 @@ impl Store {
             let shard = shard.read();
             shard.used.drain(|slot| {
                 if let Some(record) = shard.at(slot) {
-                    uses.push((record.credential_id, record.last_used.load(Ordering::Acquire)));
+                    uses.push((
+                        record.credential_id,
+                        record.last_used.load(Ordering::Acquire),
+                    ));
                 }
             });
             drop(shard);
@@ -323,14 +344,27 @@ impl Store {
             return Ok(());
         };
         durable.journal.record_time(self.shared.clock.now());
-        durable.journal.sync().durable().await.map_err(|e| unavailable(&e))
+        durable
+            .journal
+            .sync()
+            .durable()
+            .await
+            .map_err(|e| unavailable(&e))
     }
 
     /// A clean stop: the latest uses and the time, durable. After it, a
     /// restart finds every deadline exactly as it was.
     pub async fn close(&self) -> Result<(), Rejection> {
         self.checkpoint_renewals()?;
-        self.sync().await
+        if let Some(durable) = &self.shared.durable {
+            let now = self.shared.clock.now();
+            durable
+                .append(now, |w| w.closed(now))
+                .durable()
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
     }
 
     /// Compacts now: writes a snapshot and removes the journal it covers.

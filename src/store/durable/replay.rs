@@ -66,16 +66,21 @@ pub(super) fn restore(
             event => apply(shared, event)?,
         }
     }
+    // Clean if the last record is a clean stop's (a snapshot is written
+    // while the store runs, so it says nothing either way).
+    let mut clean = false;
     for payload in journal {
         records += 1;
-        apply(shared, Event::decode(payload)?)?;
+        let event = Event::decode(payload)?;
+        clean = matches!(event, Event::Closed { .. });
+        apply(shared, event)?;
     }
     for (id, last_used) in later_uses {
         shared.with_id(&id, |_, record| {
             record.last_used.fetch_max(last_used, Ordering::AcqRel)
         });
     }
-    finish(shared, newest, grace);
+    finish(shared, newest, grace, clean);
     Ok(records)
 }
 
@@ -122,6 +127,14 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
                 );
             }
         }
+        Event::Swept { credential_id, at } => {
+            let found = shared.with_id(&credential_id, |handle, record| {
+                (handle, record.thread_id.clone())
+            });
+            if let Some((handle, thread_id)) = found {
+                shared.remove_from_thread_at(handle, &thread_id, None, at);
+            }
+        }
         Event::ThreadRevoked {
             thread_id,
             reach,
@@ -144,7 +157,9 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
         }
         Event::ScopesStamped { stamps } => {
             for (name, epoch, at) in stamps {
-                shared.revocations.restore_stamps(&name, None, &[(epoch, at)]);
+                shared
+                    .revocations
+                    .restore_stamps(&name, None, &[(epoch, at)]);
             }
         }
         Event::ScopeHistory {
@@ -155,6 +170,7 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
             .revocations
             .restore_stamps(&name, Some(claims), &history),
         Event::Epoch { epoch } => shared.revocations.restore_epoch(epoch),
+        Event::Closed { .. } => {}
         Event::Tombstone {
             digest,
             recorded_at,
@@ -210,7 +226,9 @@ fn restore_minted(
             );
         }
     }
-    if shared.with_id(&credential.credential_id, |_, _| ()).is_some()
+    if shared
+        .with_id(&credential.credential_id, |_, _| ())
+        .is_some()
         || shared.tombstones.get(&credential.digest).is_some()
     {
         // Already there: a record the snapshot held as well.
@@ -270,9 +288,17 @@ fn restore_minted(
     Ok(())
 }
 
-/// After replay: the live counts from the records, the downtime grace, and
-/// a sweep requested for what died meanwhile.
-fn finish(shared: &Shared, newest: Millis, grace: Millis) {
+/// After replay: the live counts from the records, the crash bound, the
+/// downtime grace, and a sweep requested for what died meanwhile.
+///
+/// After a crash, a use made since the last checkpoint may be missing, and
+/// nothing tells which credentials were used then. So every credential
+/// live at the newest recorded time counts as used then: its deadlines are
+/// never earlier than one checkpoint interval before what they were (the
+/// checkpointer records the time every interval), at the price of up to
+/// one more idle timeout for a credential nobody was using. After a clean
+/// stop every use is in the journal and nothing moves.
+fn finish(shared: &Shared, newest: Millis, grace: Millis, clean: bool) {
     let revocations = &shared.revocations;
     let shards: Vec<_> = shared.records.iter().map(|s| s.read()).collect();
     revocations.recount(
@@ -282,15 +308,24 @@ fn finish(shared: &Shared, newest: Millis, grace: Millis) {
             .filter(|record| record.counted(revocations))
             .map(|record| (&*record.class.pair, record.minted_epoch)),
     );
+    if !clean && newest > 0 {
+        for record in shards.iter().flat_map(|shard| shard.records()) {
+            if record.death(newest, revocations).is_none() {
+                record.last_used.fetch_max(newest, Ordering::AcqRel);
+            }
+        }
+    }
     if grace > 0 {
+        // Only what was live when the store stopped and died while it was
+        // down: every other deadline stays exactly as it was.
         let now = shared.clock.now();
         for record in shards.iter().flat_map(|shard| shard.records()) {
-            // Only what was live when the store stopped: the grace never
-            // revives a credential already dead then.
-            if record.death(newest, revocations).is_none() {
+            if record.death(newest, revocations).is_none()
+                && record.death(now, revocations).is_some()
+            {
                 let last_used = record.last_used.load(Ordering::Acquire);
-                let moved = last_used.saturating_add(grace).min(now).max(last_used);
-                record.last_used.store(moved, Ordering::Release);
+                let moved = last_used.saturating_add(grace).min(now);
+                record.last_used.fetch_max(moved, Ordering::AcqRel);
             }
         }
     }

@@ -27,7 +27,9 @@ pub(super) fn write(shared: &Shared, snapshot: &mut SnapshotWriter<'_>) -> io::R
     let epoch = revocations.epoch();
     emit(snapshot, &|w| w.epoch(epoch))?;
     for state in revocations.scope_states() {
-        emit(snapshot, &|w| w.scope_history(&state.name, state.claims, &state.history))?;
+        emit(snapshot, &|w| {
+            w.scope_history(&state.name, state.claims, &state.history)
+        })?;
     }
     let pending = shared.durable.as_ref().map(|d| &d.pending_replacements);
     for thread_shard in shared.threads.iter() {

@@ -31,7 +31,7 @@ mod recovery;
 mod segment;
 mod snapshot;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 mod writer;
 
 use std::fmt;
@@ -456,6 +456,12 @@ impl Journal {
             live_bytes: load(&counters.live_bytes),
             segment: load(&counters.segment),
         }
+    }
+
+    /// The writer's fault injection, for the store's tests.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &tests::Faults {
+        &self.inner.shared.faults
     }
 
     /// The data directory.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Test hook: makes the next segment writes or syncs fail, as a full or
 /// failing disk would.
 #[derive(Debug, Default)]
-pub(super) struct Faults {
+pub(crate) struct Faults {
     /// Writes still to fail.
     writes: AtomicU32,
     /// Syncs still to fail.
@@ -20,12 +20,12 @@ pub(super) struct Faults {
 
 impl Faults {
     /// Fails the next `n` writes with `EIO`.
-    pub(super) fn fail_writes(&self, n: u32) {
+    pub(crate) fn fail_writes(&self, n: u32) {
         self.writes.store(n, Ordering::SeqCst);
     }
 
     /// Fails the next `n` syncs with `EIO`.
-    pub(super) fn fail_syncs(&self, n: u32) {
+    pub(crate) fn fail_syncs(&self, n: u32) {
         self.syncs.store(n, Ordering::SeqCst);
     }
 
