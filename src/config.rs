@@ -54,10 +54,29 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server on the embedded in-memory store.
+    /// Run the gRPC server (on the durable embedded store by default).
     Serve(Box<ServeArgs>),
     /// Manage the callers file: who may call, with which roles and keys.
     Callers(CallersArgs),
+    /// Restore a backup of a data directory into an empty one, revoking
+    /// every credential it holds (a backup knows nothing of revocations
+    /// made after it was taken).
+    Restore(RestoreArgs),
+}
+
+/// `credential-authority restore`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup: a copy of a data directory's files.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The data directory to restore into; must be empty or missing.
+    /// Default: `store` in the state directory.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The state directory whose `store` is the default data directory.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How log lines are written.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use credential_authority::clock::SystemClock;
-use credential_authority::config::{Cli, Command, ServeArgs, StoreKind};
+use credential_authority::config::{Cli, Command, RestoreArgs, ServeArgs, StoreKind};
 use credential_authority::server::{Callers, ServerSettings};
 use credential_authority::transport::Transport;
-use credential_authority::{auth, server, state_dir, telemetry};
+use credential_authority::{auth, server, state_dir, store, telemetry};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::{wrappers::SignalStream, Stream, StreamExt as _};
 
@@ -25,7 +25,31 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
         Command::Callers(args) => Ok(auth::cli::run(&args, &mut std::io::stdout().lock())?),
+        Command::Restore(args) => restore(&args),
     }
+}
+
+/// `credential-authority restore`.
+fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
+    let data_dir = match (&args.data_dir, &args.state_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(state)) => state.join("store"),
+        (None, None) => state_dir::default_state_dir()?.join("store"),
+    };
+    let restored = store::restore_backup(
+        &args.from,
+        store::StoreConfig::default(),
+        Arc::new(SystemClock::new()),
+        store::DurableOptions::new(&data_dir),
+    )?;
+    println!(
+        "restored {} files into {}; revoked the {} credentials that were live in the backup \
+         (agents get TOKEN_REVOKED, cause all, and mint again)",
+        restored.files,
+        data_dir.display(),
+        restored.revoked
+    );
+    Ok(())
 }
 
 /// `credential-authority serve`.

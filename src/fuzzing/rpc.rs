@@ -59,7 +59,7 @@ fn settings() -> &'static ServeArgs {
                 .expect("the default settings parse");
         match cli.command {
             Command::Serve(args) => *args,
-            Command::Callers(_) => unreachable!("parsed as serve"),
+            Command::Callers(_) | Command::Restore(_) => unreachable!("parsed as serve"),
         }
     })
 }

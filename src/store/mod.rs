@@ -60,7 +60,10 @@ use crate::clock::{Clock, Millis};
 use crate::token::{CredentialId, TokenDigest};
 pub use backend::Backend;
 use durable::Durability;
-pub use durable::{CheckpointerGuard, DurableOptions, OpenError, Recovery, RESTART_GRACE};
+pub use durable::{
+    restore_backup, CheckpointerGuard, DurableOptions, OpenError, Recovery, RestoreError, Restored,
+    RESTART_GRACE,
+};
 use record::{Class, Record};
 use revocation::Revocations;
 use slab::{shard_of_digest, Handle, RecordShard, SlotKey};

@@ -7,6 +7,7 @@
 //! seconds (CI runs it so the suite keeps working; it never fails on a
 //! timing).
 
+mod durable_bench;
 mod network_bench;
 mod report;
 mod store_bench;
@@ -122,6 +123,9 @@ fn main() -> anyhow::Result<()> {
             store_bench::thread_shapes(args.ops.min(100_000), args.thread_expiring, &mut report);
         }
         store_bench::store_checks(&mut report, &args.sizes);
+        if let Some(&largest) = args.sizes.iter().max() {
+            durable_bench::run(plan, largest, &mut report);
+        }
     }
     print!("{}", report.markdown());
     if let Some(parent) = args.out.parent() {

@@ -140,8 +140,20 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         "info",
         &["--insecure-no-caller-auth"],
     )?;
+    // The same server on the memory store: what durability costs.
+    let memory = start_server(server_bin, work, "memory", "info", &["--store", "memory"])?;
     let token = runtime.block_on(mint_token(&server))?;
     let open_token = runtime.block_on(mint_token(&open))?;
+    let memory_token = runtime.block_on(mint_token(&memory))?;
+    let mint_frame = grpc_frame(
+        &MintRequest {
+            thread_id: "bench-mint-0000-4000-8000-000000000000".into(),
+            provider_instance_id: "bench-adapter".into(),
+            provider_kind: "claude".into(),
+            ..MintRequest::default()
+        }
+        .encode_to_vec(),
+    );
 
     let calls = [
         Call {
@@ -159,16 +171,8 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         Call {
             name: "Mint",
             target: &server,
-            path: "/credential_authority.v1.CredentialAuthority/Mint",
-            frame: grpc_frame(
-                &MintRequest {
-                    thread_id: "bench-mint-0000-4000-8000-000000000000".into(),
-                    provider_instance_id: "bench-adapter".into(),
-                    provider_kind: "claude".into(),
-                    ..MintRequest::default()
-                }
-                .encode_to_vec(),
-            ),
+            path: MINT,
+            frame: mint_frame.clone(),
         },
         Call {
             name: "Resolve, caller authentication off",
@@ -176,9 +180,22 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
             path: RESOLVE,
             frame: resolve_frame(&open_token),
         },
+        Call {
+            name: "Resolve, memory store",
+            target: &memory,
+            path: RESOLVE,
+            frame: resolve_frame(&memory_token),
+        },
+        Call {
+            name: "Mint, memory store",
+            target: &memory,
+            path: MINT,
+            frame: mint_frame,
+        },
     ];
     let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
     measure_calls(&calls, load, work, &scope, report)?;
+    durability_checks(report, &scope, load);
     // Latency at the same offered load: both calls at 70% of what Health
     // sustained, so neither is measured in its own overload queue.
     let health = report
@@ -334,6 +351,34 @@ fn measure_calls(
         ));
     }
     Ok(())
+}
+
+/// The path of Mint.
+const MINT: &str = "/credential_authority.v1.CredentialAuthority/Mint";
+
+/// What the durable store costs over gRPC: the default server against the
+/// same binary on `--store memory`, in the same rounds.
+fn durability_checks(report: &mut Report, scope: &str, load: Load) {
+    let n = load.in_flight();
+    let figure = |name: &str| report.find(scope, name, n).map(|f| f.ops_per_sec);
+    let pairs = [
+        ("Resolve", "Resolve, memory store", 0.95),
+        ("Mint", "Mint, memory store", 0.5),
+    ];
+    let checks: Vec<(String, String, bool)> = pairs
+        .iter()
+        .filter_map(|&(durable, memory, floor)| {
+            let (d, m) = (figure(durable)?, figure(memory)?);
+            Some((
+                format!("gRPC {durable} on the durable store >= {floor}x the memory store, {n} in flight"),
+                format!("{:.2}x ({d:.0}/s vs {m:.0}/s)", d / m),
+                d >= floor * m,
+            ))
+        })
+        .collect();
+    for (target, measured, met) in checks {
+        report.check(target, measured, met);
+    }
 }
 
 /// Targets comparing the network figures of this run.

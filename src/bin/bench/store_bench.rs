@@ -48,12 +48,12 @@ fn resident_bytes() -> u64 {
 }
 
 /// Provider instances the credentials are spread over (adapters: a handful).
-fn instances() -> Vec<String> {
+pub(crate) fn instances() -> Vec<String> {
     (0..8).map(|i| format!("provider-instance-{i}")).collect()
 }
 
 /// A fixed pseudo-random visiting order over `size` credentials.
-fn visiting_order(ops: usize, size: usize) -> Vec<u32> {
+pub(crate) fn visiting_order(ops: usize, size: usize) -> Vec<u32> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     (0..ops)
         .map(|_| {
@@ -66,10 +66,10 @@ fn visiting_order(ops: usize, size: usize) -> Vec<u32> {
 }
 
 /// Token texts laid out back to back in visiting order.
-struct Feed(Vec<u8>);
+pub(crate) struct Feed(Vec<u8>);
 
 impl Feed {
-    fn new(tokens: &[Token], order: &[u32]) -> Self {
+    pub(crate) fn new(tokens: &[Token], order: &[u32]) -> Self {
         let mut bytes = Vec::with_capacity(order.len() * TOKEN_LEN);
         for &i in order {
             bytes.extend_from_slice(tokens[i as usize].expose().as_bytes());
@@ -77,7 +77,7 @@ impl Feed {
         Feed(bytes)
     }
 
-    fn token(&self, k: usize) -> &str {
+    pub(crate) fn token(&self, k: usize) -> &str {
         let bytes = &self.0[k * TOKEN_LEN..(k + 1) * TOKEN_LEN];
         // Built from token texts, which are ASCII.
         std::str::from_utf8(bytes).expect("ascii")
@@ -246,7 +246,7 @@ fn mint_then_revoke(
 /// Runs `op(k)` for k in 0..ops split across `threads` threads; wall ns per
 /// operation, all threads together. Each thread takes its own start and end
 /// times, so the figure does not depend on when the spawning thread runs.
-fn run_threads(threads: usize, ops: usize, op: impl Fn(usize) + Sync) -> f64 {
+pub(crate) fn run_threads(threads: usize, ops: usize, op: impl Fn(usize) + Sync) -> f64 {
     let barrier = Barrier::new(threads);
     let chunk = ops / threads;
     let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
@@ -548,7 +548,7 @@ pub(crate) fn store_checks(report: &mut Report, sizes: &[usize]) {
 
 /// CPU time of the calling thread, in seconds: what a sweep costs whatever
 /// else the machine runs.
-fn thread_cpu_secs() -> f64 {
+pub(crate) fn thread_cpu_secs() -> f64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

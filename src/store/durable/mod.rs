@@ -23,6 +23,7 @@
 //!   store never runs behind it, and a downtime of up to [`RESTART_GRACE`]
 //!   does not count towards any credential's deadlines.
 
+mod backup;
 pub(super) mod event;
 mod replay;
 mod snapshot;
@@ -31,7 +32,7 @@ mod tests;
 mod used;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ use super::types::Rejection;
 use super::{Store, StoreConfig};
 use crate::clock::{AnchoredClock, Clock, Millis};
 use crate::token::CredentialId;
+pub use backup::{restore_backup, RestoreError, Restored};
 use event::{CredentialFields, Writer};
 pub(super) use used::UsedSlots;
 
@@ -192,6 +194,32 @@ impl Durability {
     }
 }
 
+/// Creates `dir` (and its parents) if missing, mode 0700: it holds token
+/// digests and who minted what. A new directory's entry is made durable in
+/// its parent.
+fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let failed = |action, e| JournalError::Io {
+        action,
+        path: dir.to_path_buf(),
+        source: Arc::new(e),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| failed("create the data directory", e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|parent| parent.sync_all())
+            .map_err(|e| failed("sync the parent of", e))?;
+    }
+    Ok(())
+}
+
 /// A Mint's journal record.
 pub(super) fn minted_payload(record: &Record, replaced: &[CredentialId]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(160 + record.thread_id.len());
@@ -246,6 +274,7 @@ impl Store {
         options: DurableOptions,
     ) -> Result<(Store, Recovery), OpenError> {
         let started = Instant::now();
+        create_private_dir(&options.dir)?;
         let (journal, recovered) = Journal::open(&options.dir, options.journal.clone())?;
         let newest = recovered.newest_time().unwrap_or(0);
         let clock = Arc::new(AnchoredClock::new(clock, newest));
