@@ -421,6 +421,15 @@ impl Store {
     }
 }
 
+/// Decodes one journal record (for the fuzz target of the journal's
+/// decoder: any bytes either decode or are refused, never a panic).
+#[doc(hidden)]
+pub fn decode_journal_record(payload: &[u8]) -> Result<String, String> {
+    durable::event::Event::decode(payload)
+        .map(|event| format!("{event:?}"))
+        .map_err(|e| e.to_string())
+}
+
 /// The refusal for a named credential outside the call's reach.
 fn not_owned(credential_id: &CredentialId) -> Rejection {
     Rejection::NotOwned {
