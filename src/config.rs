@@ -605,7 +605,7 @@ mod tests {
         .unwrap();
         match cli.command {
             Command::Serve(args) => *args,
-            Command::Callers(_) => unreachable!(),
+            Command::Callers(_) | Command::Restore(_) => unreachable!(),
         }
     }
 

@@ -131,8 +131,9 @@ impl Backend {
         match self {
             Backend::Embedded(store) => {
                 let (revoked, durable) = store.begin_revoke_all(target);
-                written(durable).await?;
-                Ok(revoked)
+                let outcome = written(durable).await;
+                store.reclaim_revoked(revoked, outcome.is_ok());
+                outcome.map(|()| revoked)
             }
         }
     }

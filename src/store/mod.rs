@@ -116,6 +116,9 @@ struct Shared {
     shutdown: AtomicBool,
     /// The journal, on a durable store (see [`durable`]).
     durable: Option<Durability>,
+    /// A RevokeAll whose write failed ended records that the sweeper must
+    /// not reclaim yet (see [`Store::reclaim_revoked`]).
+    reclaim_deferred: AtomicBool,
 }
 
 /// The store's lifetimes in milliseconds, and its size limits (see
@@ -211,6 +214,7 @@ impl Store {
                 sweeper_wakeup: Notify::new(),
                 shutdown: AtomicBool::new(false),
                 durable,
+                reclaim_deferred: AtomicBool::new(false),
             }),
         }
     }
@@ -283,10 +287,31 @@ impl Store {
     /// as [`Store::revoke_thread`] does.
     pub fn revoke_all(&self, target: RevokeAllTarget<'_>) -> u64 {
         let (revoked, durable) = self.begin_revoke_all(target);
-        if let Some(durable) = durable {
-            let _in_force_in_memory = durable.wait_blocking();
-        }
+        let written = durable.map_or(Ok(()), journal::Durable::wait_blocking);
+        self.reclaim_revoked(revoked, written.is_ok());
         revoked
+    }
+
+    /// Has the sweeper reclaim what a RevokeAll ended, once the RevokeAll
+    /// is durable. Not before: the records keep their pair, and so the
+    /// pair's stamp, for a retry to journal if the write failed (a released
+    /// pair would take the stamp with it).
+    /// A reclaim put off by a failed write waits for the next durable
+    /// RevokeAll (a retry, usually).
+    pub(super) fn reclaim_revoked(&self, revoked: u64, durable: bool) {
+        let shared = &*self.shared;
+        if !durable {
+            if revoked > 0 {
+                shared.reclaim_deferred.store(true, Ordering::Release);
+            }
+            return;
+        }
+        if revoked > 0 || shared.reclaim_deferred.swap(false, Ordering::AcqRel) {
+            // The records stay until reclaimed: their memory and budget
+            // come back in the background (see `Reclaim`).
+            shared.reclaim.request();
+            shared.sweeper_wakeup.notify_one();
+        }
     }
 
     /// [`Store::revoke_all`] in memory, and its journal record: the latest
@@ -303,12 +328,6 @@ impl Store {
                 })
             });
         });
-        if revoked > 0 {
-            // The records stay until reclaimed: their memory and budget
-            // come back in the background (see `Reclaim`).
-            shared.reclaim.request();
-            shared.sweeper_wakeup.notify_one();
-        }
         (revoked, durable)
     }
 
