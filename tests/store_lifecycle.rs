@@ -1,8 +1,7 @@
 //! The adapter lifecycle in the store (revoke one credential, rotation on
 //! recovery, Touch, scopes and labels), driven by a fake clock.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Duration;
 
 use credential_authority::clock::{Clock, FakeClock};
@@ -138,72 +137,6 @@ fn replace_previous_does_not_count_credentials_already_dead() {
         death(store.resolve(&revoked, None)),
         DeathReason::Revoked(RevocationCause::Credential)
     );
-}
-
-#[test]
-fn no_resolve_of_a_replaced_token_succeeds_after_mint_returned() {
-    for round in 0..20 {
-        let (store, _clock) = default_store();
-        let (old, _) = mint(&store, "t", "i");
-        let minted = Arc::new(AtomicBool::new(false));
-        let violations = Arc::new(AtomicUsize::new(0));
-        let barrier = Arc::new(Barrier::new(7));
-        let resolvers: Vec<_> = (0..6)
-            .map(|_| {
-                let (store, minted, violations, barrier) = (
-                    store.clone(),
-                    minted.clone(),
-                    violations.clone(),
-                    barrier.clone(),
-                );
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    for _ in 0..20_000 {
-                        let after = minted.load(Ordering::SeqCst);
-                        let ok = store.resolve(&old, None).is_ok();
-                        if after && ok {
-                            violations.fetch_add(1, Ordering::SeqCst);
-                        }
-                        if after && !ok {
-                            break;
-                        }
-                    }
-                })
-            })
-            .collect();
-        barrier.wait();
-        let (fresh, _, replaced) = rotate(&store, "t", "i");
-        minted.store(true, Ordering::SeqCst);
-        for resolver in resolvers {
-            resolver.join().unwrap();
-        }
-        assert_eq!(replaced, 1);
-        assert_eq!(violations.load(Ordering::SeqCst), 0, "round {round}");
-        assert!(store.resolve(&fresh, None).is_ok());
-    }
-}
-
-#[test]
-fn concurrent_rotations_leave_exactly_one_live_credential() {
-    let (store, _clock) = default_store();
-    let barrier = Arc::new(Barrier::new(4));
-    let rotators: Vec<_> = (0..4)
-        .map(|_| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                (0..500).map(|_| rotate(&store, "t", "i").2).sum::<u64>()
-            })
-        })
-        .collect();
-    let replaced: u64 = rotators.into_iter().map(|r| r.join().unwrap()).sum();
-    assert_eq!(
-        replaced,
-        4 * 500 - 1,
-        "each rotation replaced exactly its predecessor"
-    );
-    assert_eq!(store.touch_thread("t", Reach::All).unwrap().total, 1);
-    assert_eq!(store.revoke_thread("t", Reach::All).revoked, 1);
 }
 
 #[test]
