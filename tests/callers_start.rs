@@ -128,9 +128,13 @@ async fn first_start_writes_a_private_admin_key_once() {
         "callers file unchanged"
     );
     let mut admin = client_with(&again, Some(&key)).await;
-    // A new process: the old credential is gone, the old key still works.
-    let status = resolve(&mut admin, &minted.token).await.unwrap_err();
-    failure(&status, Code::Unauthenticated, "TOKEN_UNKNOWN");
+    // A new process: the old key still works, and so does the old
+    // credential (the store is durable by default).
+    let resolved = resolve(&mut admin, &minted.token)
+        .await
+        .expect("the credential survives the restart");
+    assert_eq!(resolved.credential_id, minted.credential_id);
+    assert_eq!(resolved.minted_by, "admin");
     assert_no_secret(&again.log(), &[&key]);
 }
 

@@ -33,7 +33,7 @@ mod used;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,8 @@ pub(super) struct Durability {
     /// Bytes of the newest snapshot, so compaction waits for the journal to
     /// outgrow it.
     snapshot_bytes: Mutex<u64>,
+    /// The checkpointer started a compaction that has not finished.
+    compacting: AtomicBool,
 }
 
 impl Durability {
@@ -286,6 +288,7 @@ impl Store {
             options: options.clone(),
             pending_replacements: Mutex::new(HashMap::new()),
             snapshot_bytes: Mutex::new(0),
+            compacting: AtomicBool::new(false),
         };
         let store = Store::build(config, clock, Some(durability));
         let downtime = now.saturating_sub(newest);
@@ -456,10 +459,16 @@ impl Store {
         }
         let stats = durable.journal.stats();
         let snapshot_bytes = *durable.snapshot_bytes.lock();
-        if stats.live_bytes > durable.options.compact_after_bytes.max(snapshot_bytes) {
+        if stats.live_bytes > durable.options.compact_after_bytes.max(snapshot_bytes)
+            && !durable.compacting.swap(true, Ordering::AcqRel)
+        {
             let store = self.clone();
             tokio::spawn(async move {
-                match store.compact().await {
+                let outcome = store.compact().await;
+                if let Some(durable) = &store.shared.durable {
+                    durable.compacting.store(false, Ordering::Release);
+                }
+                match outcome {
                     Ok(report) => tracing::info!(
                         records = report.records,
                         bytes = report.bytes,
