@@ -10,7 +10,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use credential_authority::fuzzing::{seeds, Target, TARGETS};
+use credential_authority::fuzzing::{journal_open_outcome, seeds, Target, TARGETS};
+use credential_authority::store::decode_journal_record;
 
 /// `fuzz/corpus/<target>`.
 fn corpus_dir(target: &str) -> PathBuf {
@@ -69,6 +70,74 @@ fn rpc_bodies_corpus_replays() {
     replay(target("rpc_bodies"));
 }
 
+#[test]
+fn journal_records_corpus_replays() {
+    replay(target("journal_records"));
+}
+
+/// Catches: a journal harness whose framing is wrong (a CRC32C over the
+/// wrong bytes, an unsalted batch header, the wrong segment file name), so
+/// every framed input is refused before replay, or dropped as a torn tail,
+/// and the fuzzer never gets past the checksums; and seeds that do not
+/// reach what they are named for (store records mangled by the
+/// credential-id rewrite, a torn tail that is corruption, damage recovery
+/// takes for a torn tail).
+#[test]
+fn journal_seeds_reach_replay_and_the_refusals_they_name() {
+    let journal_seeds: Vec<_> = seeds()
+        .into_iter()
+        .filter(|s| s.target == "journal_records")
+        .collect();
+    let seed = |name: &str| {
+        &journal_seeds
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no journal seed {name}"))
+            .bytes
+    };
+    let opened = |name: &str| journal_open_outcome(seed(name));
+    let replayed = opened("segment").expect("the store's own records");
+    assert!(replayed >= 8, "only {replayed} records in the store run");
+    assert_eq!(
+        opened("records-one-batch"),
+        Ok(replayed),
+        "the same records framed as one batch"
+    );
+    assert_eq!(
+        opened("segment-torn-tail"),
+        Ok(replayed - 1),
+        "the torn last batch is dropped, the rest replayed"
+    );
+    assert_eq!(opened("empty"), Ok(0));
+    for (name, reason) in [
+        (
+            "segment-damaged-middle",
+            "is damaged at byte 32 (a batch body checksum mismatch)",
+        ),
+        (
+            "record-cut-short",
+            "journal record does not decode: record ends early",
+        ),
+        ("garbage-header", "file header checksum mismatch"),
+    ] {
+        let refusal = opened(name).expect_err(name);
+        assert!(refusal.contains(reason), "{name}: {refusal}");
+    }
+    let bare: Vec<_> = journal_seeds
+        .iter()
+        .filter(|s| s.name.starts_with("record-") && s.name != "record-cut-short")
+        .collect();
+    assert!(bare.len() >= 6, "{} kinds of record", bare.len());
+    for seed in bare {
+        let decoded = decode_journal_record(&seed.bytes);
+        assert!(
+            decoded.is_ok(),
+            "{} does not decode: {decoded:?}",
+            seed.name
+        );
+    }
+}
+
 /// Catches: a test per target forgotten when a target is added (its corpus
 /// would then never replay).
 #[test]
@@ -80,7 +149,8 @@ fn every_target_has_a_replay_test() {
             "secret_parsing",
             "request_validation",
             "callers_file",
-            "rpc_bodies"
+            "rpc_bodies",
+            "journal_records"
         ]
     );
     for name in names {

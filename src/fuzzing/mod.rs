@@ -12,12 +12,14 @@
 //! Not part of the service: nothing outside fuzzing and its replay calls it.
 
 mod callers_file;
+mod journal;
 mod requests;
 mod rpc;
 mod secrets;
 mod seeds;
 
 pub use callers_file::callers_file;
+pub use journal::{journal_open_outcome, journal_records};
 pub use requests::request_validation;
 pub use rpc::rpc_bodies;
 pub use secrets::secret_parsing;
@@ -34,7 +36,7 @@ pub struct Target {
 }
 
 /// Every fuzz target, for the corpus replay and the seed generator.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     Target {
         name: "secret_parsing",
         check: secret_parsing,
@@ -50,6 +52,10 @@ pub const TARGETS: [Target; 4] = [
     Target {
         name: "rpc_bodies",
         check: rpc_bodies,
+    },
+    Target {
+        name: "journal_records",
+        check: journal_records,
     },
 ];
 

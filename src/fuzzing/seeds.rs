@@ -4,12 +4,19 @@
 //! the committed files are these and rewrites them on request).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 
+use super::journal::{
+    batch, file_header, framed_input, segment_file_name, ScratchDir, FAKE_NOW, SALT,
+};
 use crate::auth::key::KeyDigest;
+use crate::clock::{FakeClock, Millis};
 use crate::pb;
-use crate::token::{SecretFormat, CALLER_KEY_PREFIX, TOKEN_PREFIX};
+use crate::store::{DurableOptions, NewCredential, Reach, RevokeAllTarget, Store, StoreConfig};
+use crate::token::{CredentialId, SecretFormat, TokenDigest, CALLER_KEY_PREFIX, TOKEN_PREFIX};
 
 /// One seed input of one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +100,193 @@ pub fn seeds() -> Vec<Seed> {
     for (name, text) in callers_files() {
         add("callers_file", name, text.into_bytes());
     }
+    for (name, bytes) in journal_inputs() {
+        add("journal_records", name, bytes);
+    }
     seeds
+}
+
+/// The journal target's seeds (see `super::journal` for the two modes the
+/// first byte picks): the records a small durable store wrote, as a valid
+/// segment (one batch per record), torn at its end, damaged in its middle,
+/// and framed as one batch; each kind of record alone, for the decoder; a
+/// Mint record cut short; a file header that is garbage; and nothing.
+fn journal_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let records = store_records();
+    let mut segment = vec![0];
+    segment.extend(file_header(SALT));
+    for (clock, payload) in &records {
+        segment.extend(batch(&[payload], *clock, SALT));
+    }
+    let torn = segment[..segment.len() - 3].to_vec();
+    let mut damaged = segment.clone();
+    // The first payload byte of the first batch: its body CRC fails, and
+    // valid batches follow, so it cannot be a torn final write.
+    damaged[1 + 32 + 24 + 8] ^= 0xff;
+    let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
+    let minted = payloads[0];
+    let mut inputs = vec![
+        ("segment", segment),
+        ("segment-torn-tail", torn),
+        ("segment-damaged-middle", damaged),
+        ("records-one-batch", framed_input(&payloads)),
+        (
+            "record-cut-short",
+            framed_input(&[&minted[..minted.len() - 5]]),
+        ),
+        ("garbage-header", {
+            let mut garbage = vec![0];
+            garbage.extend_from_slice(b"CAJRNL\0\x01");
+            garbage.extend_from_slice(&[0xa5; 40]);
+            garbage
+        }),
+        ("empty", Vec::new()),
+    ];
+    let mut seen = Vec::new();
+    for payload in payloads {
+        let kind = payload[0];
+        if !seen.contains(&kind) {
+            seen.push(kind);
+            inputs.push((record_kind(kind), payload.to_vec()));
+        }
+    }
+    inputs
+}
+
+/// The seed name of a bare record of the kind its tag byte names (the tags
+/// of `src/store/durable/event.rs`).
+fn record_kind(tag: u8) -> &'static str {
+    match tag {
+        1 => "record-minted",
+        2 => "record-renewed",
+        3 => "record-credential-revoked",
+        4 => "record-thread-revoked",
+        5 => "record-scopes-stamped",
+        10 => "record-swept",
+        11 => "record-closed",
+        _ => panic!("a small store run wrote a record of kind {tag}, which has no seed name"),
+    }
+}
+
+/// Runs a small durable store (on a fake clock, with fixed token digests)
+/// through Mint, a rotation, RevokeThread, RevokeCredential, RevokeAll, a
+/// sweep and a clean stop, and reads back the records it journaled, with
+/// the newest time of each one's batch. Credential ids are random, so each
+/// is replaced by fixed bytes (keeping its last byte, which routes it to
+/// its digest's shard); everything else the store writes is the same on
+/// every run. The batches are not kept as the store formed them: which
+/// unawaited record rides with which batch depends on the writer thread's
+/// timing (their times do not: the run syncs before it moves the clock).
+fn store_records() -> Vec<(Millis, Vec<u8>)> {
+    let dir = ScratchDir::new("fuzz-seeds");
+    let clock = FakeClock::new(FAKE_NOW);
+    let (store, _) = Store::open(
+        StoreConfig::default(),
+        Arc::new(clock.clone()),
+        DurableOptions::new(dir.path()),
+    )
+    .expect("a fresh durable store opens");
+    let digest = |fill| TokenDigest::of(&token(fill));
+    let mint = |fill, thread_id, provider_instance_id, minted_by, replace_previous| {
+        store
+            .mint(
+                digest(fill),
+                NewCredential {
+                    thread_id,
+                    provider_instance_id,
+                    provider_kind: Some("claude"),
+                    idle_timeout: Some(Duration::from_secs(600)),
+                    max_lifetime: None,
+                    replace_previous,
+                    scopes: Arc::from([Box::from("repo:read"), Box::from("repo:write")]),
+                    labels: Arc::from([(Box::from("env"), Box::from("dev"))]),
+                    minted_by,
+                    reach: Reach::MintedBy(minted_by),
+                    owner_quota: None,
+                },
+            )
+            .expect("the seed Mint succeeds")
+            .credential_id
+    };
+    let second = Duration::from_secs(1);
+    let first = mint(1, "thread-1", "claude-adapter-1", "claude-adapter", false);
+    clock.advance(second);
+    store.resolve(&digest(1), Some("repo:read")).expect("live");
+    clock.advance(second);
+    let rotated = mint(2, "thread-1", "claude-adapter-1", "claude-adapter", true);
+    let other = mint(3, "thread-2", "codex-adapter-1", "codex-adapter", false);
+    clock.advance(second);
+    store.revoke_thread("thread-2", Reach::MintedBy("codex-adapter"));
+    store
+        .revoke_credential(&first, Reach::All)
+        .expect("an administrator's revocation");
+    let last = mint(4, "thread-3", "codex-adapter-1", "codex-adapter", false);
+    clock.advance(second);
+    store.revoke_all(RevokeAllTarget::Instance("codex-adapter-1"));
+    store.sweep();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    // The sweep's records are unawaited: written now, they carry this
+    // time in every run, whether or not the writer had already taken them.
+    runtime.block_on(store.sync()).expect("synced");
+    clock.advance(second);
+    store.resolve(&digest(2), None).expect("still live");
+    runtime.block_on(store.close()).expect("a clean stop");
+    drop(store);
+
+    let path = dir.path().join(segment_file_name());
+    let file = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let fixed: Vec<(CredentialId, [u8; 16])> = [first, rotated, other, last]
+        .into_iter()
+        .zip(1u8..)
+        .map(|(id, n)| {
+            let mut bytes = [0x10 * n; 16];
+            bytes[15] = id.route();
+            (id, bytes)
+        })
+        .collect();
+    let mut records = Vec::new();
+    for (clock, mut payload) in segment_records(&file) {
+        for (id, bytes) in &fixed {
+            replace_all(&mut payload, id.as_bytes(), bytes);
+        }
+        records.push((clock, payload));
+    }
+    records
+}
+
+/// The records of a segment the store wrote (checked by the store's own
+/// recovery when it wrote them; here only split), with their batch's time.
+fn segment_records(file: &[u8]) -> Vec<(Millis, Vec<u8>)> {
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().expect("4 bytes"));
+    let mut records = Vec::new();
+    let mut at = 32;
+    while at < file.len() {
+        let body_len = u32_at(at) as usize;
+        let clock = u64::from_le_bytes(file[at + 8..at + 16].try_into().expect("8 bytes"));
+        let end = at + 24 + body_len;
+        at += 24;
+        while at < end {
+            let len = u32_at(at) as usize;
+            records.push((clock, file[at + 8..at + 8 + len].to_vec()));
+            at += 8 + len;
+        }
+    }
+    records
+}
+
+/// Replaces every occurrence of `from` in `bytes` by `to` (same length).
+fn replace_all(bytes: &mut [u8], from: &[u8; 16], to: &[u8; 16]) {
+    let mut at = 0;
+    while at + 16 <= bytes.len() {
+        if bytes[at..at + 16] == from[..] {
+            bytes[at..at + 16].copy_from_slice(to);
+            at += 16;
+        } else {
+            at += 1;
+        }
+    }
 }
 
 /// One valid message of each request, and some that break a rule.
