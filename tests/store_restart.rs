@@ -1345,6 +1345,27 @@ async fn a_disk_that_refuses_writes_fails_changes_and_keeps_resolve() {
         }
     }
     let lost_thread = lost_thread.expect("a Mint failed once the segment reached the limit");
+    // A smaller record than a Mint's may still fit under the limit: fill
+    // what is left with the smallest (a RevokeCredential of an unknown id,
+    // journaled all the same) until one fails too, so that no change fits.
+    let mut filled = false;
+    for n in 0..10_000u32 {
+        let unknown = format!("cred_{n:032x}");
+        match admin
+            .revoke_credential(pb::RevokeCredentialRequest {
+                credential_id: unknown,
+            })
+            .await
+        {
+            Ok(_) => continue,
+            Err(status) => {
+                assert_store_unavailable(Err::<(), _>(status), "a small record past the limit");
+                filled = true;
+                break;
+            }
+        }
+    }
+    assert!(filled, "small records filled the segment up to the limit");
     println!(
         "{} Mints fitted under RLIMIT_FSIZE {FILE_SIZE_LIMIT}",
         kept.len()

@@ -164,6 +164,7 @@ fn record_kind(tag: u8) -> &'static str {
         5 => "record-scopes-stamped",
         10 => "record-swept",
         11 => "record-closed",
+        12 => "record-opened",
         _ => panic!("a small store run wrote a record of kind {tag}, which has no seed name"),
     }
 }

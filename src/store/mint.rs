@@ -22,7 +22,9 @@ use super::revocation::InstanceTaken;
 use super::slab::{shard_of_digest, Handle, SlotKey};
 use super::sweeper::Deadline;
 use super::threads::{Removal, ThreadKey, ThreadShard};
-use super::types::{Budget, Deadlines, Minted, NewCredential, Rejection, RevocationCause};
+use super::types::{
+    Budget, Deadlines, DeathReason, Minted, NewCredential, Rejection, RevocationCause,
+};
 use super::{clamp_override, Accounting, Retired, Shared, Store};
 use crate::clock::Millis;
 use crate::token::{CredentialId, TokenDigest};
@@ -44,7 +46,8 @@ struct Seen {
     handle: Handle,
     credential_id: CredentialId,
     previous: Previous,
-    dead: bool,
+    /// Why it is dead, if it is.
+    death: Option<DeathReason>,
     /// What its removal gives back to the byte budget.
     bytes: u64,
     /// Whether its removal lowers the minting caller's live count.
@@ -56,8 +59,9 @@ struct Seen {
 #[derive(Default)]
 struct Replacement {
     handles: Vec<Handle>,
-    /// Their credential ids, for the journal.
-    ids: Vec<CredentialId>,
+    /// Their credential ids, for the journal, and why each dies: replaced
+    /// if live when the Mint looked, else its own death.
+    ids: Vec<(CredentialId, DeathReason)>,
     /// What each one's removal gives back to the byte budget.
     each_bytes: Vec<u64>,
     bytes: u64,
@@ -391,7 +395,8 @@ impl Shared {
         // Oldest first: the order the replacement revokes in.
         for handle in self.chain(head.newest).into_iter().rev() {
             let look = self.with_record(handle, |r| {
-                let dead = r.death(now, &self.revocations).is_some();
+                let death = r.death(now, &self.revocations);
+                let dead = death.is_some();
                 let previous = if !new.replace_previous
                     || *r.class.pair.instance_id != *new.provider_instance_id
                 {
@@ -407,7 +412,7 @@ impl Shared {
                     handle,
                     credential_id: r.credential_id,
                     previous,
-                    dead,
+                    death,
                     bytes: r.budget_bytes(),
                     owners_live: r.minted_by() == new.minted_by && r.counted(&self.revocations),
                 }
@@ -428,7 +433,11 @@ impl Shared {
             match one.previous {
                 Previous::Replace => {
                     replacement.handles.push(one.handle);
-                    replacement.ids.push(one.credential_id);
+                    replacement.ids.push((
+                        one.credential_id,
+                        one.death
+                            .unwrap_or(DeathReason::Revoked(RevocationCause::Replaced)),
+                    ));
                     replacement.each_bytes.push(one.bytes);
                     replacement.bytes += one.bytes;
                     replacement.owners_live += u64::from(one.owners_live);
@@ -440,7 +449,7 @@ impl Shared {
             return Ok(replacement);
         }
         // Full after the replacement: the dead records it keeps go first.
-        for one in seen.iter().filter(|one| one.dead) {
+        for one in seen.iter().filter(|one| one.death.is_some()) {
             if matches!(one.previous, Previous::Replace) {
                 continue;
             }
@@ -457,6 +466,13 @@ impl Shared {
             );
             if let Retired::RemovedDead | Retired::RevokedLive = outcome {
                 kept -= 1;
+                // As the sweeper's removals are, so a restart does not
+                // bring the record back.
+                if let Some(durable) = &self.durable {
+                    let reason = one.death.expect("only the dead");
+                    let _ =
+                        durable.append_unawaited(now, |w| w.swept(&one.credential_id, now, reason));
+                }
             }
         }
         if kept < limit {

@@ -557,18 +557,18 @@ impl Shared {
         revoke: Option<RevocationCause>,
         accounting: Accounting,
     ) -> Retired {
-        self.retire_as(handle, now, revoke, accounting, false)
+        self.retire_as(handle, now, revoke, accounting, None)
     }
 
-    /// [`Shared::retire`]; `forced` makes a revocation win over a death by
-    /// time (journal replay, see [`durable`]).
+    /// [`Shared::retire`]; `forced` removes the record for that reason
+    /// whatever its deadlines say (journal replay, see [`durable`]).
     fn retire_as(
         &self,
         handle: Handle,
         now: Millis,
         revoke: Option<RevocationCause>,
         accounting: Accounting,
-        forced: bool,
+        forced: Option<DeathReason>,
     ) -> Retired {
         let counting = self.revocations.counting();
         let mut shard = self.records[handle.shard()].write();
@@ -576,12 +576,11 @@ impl Shared {
             return Retired::Absent;
         };
         let (reason, was_live) = match (record.death(now, &self.revocations), revoke) {
-            // Replay: the journal says the credential was live when this
-            // revocation ended it, though the checkpointed last use, up to
-            // a checkpoint older, says it had idled out; a RevokeAll's own
-            // death still comes first.
-            (Some(DeathReason::IdleTimeout | DeathReason::Expired), Some(cause)) if forced => {
-                (DeathReason::Revoked(cause), true)
+            // Replay: the journal says why it died, whatever the replayed
+            // last use (up to a checkpoint older) would say now.
+            (death, _) if forced.is_some() => {
+                let reason = forced.expect("checked");
+                (reason, death.is_none())
             }
             (Some(reason), _) => (reason, false),
             (None, Some(cause)) => (DeathReason::Revoked(cause), true),

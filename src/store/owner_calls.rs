@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::journal::Durable;
 use super::threads::{Removal, ThreadKey, ThreadShard};
 use super::types::{
-    CredentialRevocation, Reach, Rejection, RevocationCause, ThreadRevocation, ThreadTouch, Touched,
+    CredentialRevocation, DeathReason, Reach, Rejection, RevocationCause, ThreadRevocation,
+    ThreadTouch, Touched,
 };
 use super::{not_owned, Accounting, Retired, Shared, Store};
 use crate::clock::Millis;
@@ -209,7 +210,7 @@ impl Store {
             let dead = shared.dead_by_id(credential_id, reach)?;
             let now = shared.clock.now();
             let durable = shared.durable.as_ref().map(|durable| {
-                durable.append(now, |w| w.credential_revoked(credential_id, now, false))
+                durable.append(now, |w| w.credential_revoked(credential_id, now, None))
             });
             return Ok((
                 CredentialRevocation {
@@ -226,6 +227,9 @@ impl Store {
         let (hash, thread_shard) = shared.thread_hash(&thread_id);
         let mut threads = shared.threads[thread_shard].write();
         let now = shared.clock.now();
+        let death = shared
+            .with_record(handle, |r| r.death(now, &shared.revocations))
+            .flatten();
         let outcome = shared.detach(
             &mut threads,
             ThreadKey {
@@ -238,8 +242,13 @@ impl Store {
             Accounting::GiveBack,
         );
         let was_live = matches!(outcome, Retired::RevokedLive);
+        let reason = match outcome {
+            Retired::RevokedLive => Some(DeathReason::Revoked(RevocationCause::Credential)),
+            Retired::RemovedDead => death,
+            Retired::Absent | Retired::StillLive(_) => None,
+        };
         let durable = shared.durable.as_ref().map(|durable| {
-            durable.append(now, |w| w.credential_revoked(credential_id, now, was_live))
+            durable.append(now, |w| w.credential_revoked(credential_id, now, reason))
         });
         drop(threads);
         Ok((
@@ -261,13 +270,13 @@ fn reach_owner<'a>(reach: Reach<'a>) -> Option<&'a str> {
     }
 }
 
-/// What RevokeThread does with the ids of the live credentials it ends.
+/// What RevokeThread does with the records it removes and why each died.
 pub(super) enum Ended<'a> {
     /// Collects them for the journal.
-    Collect(&'a mut Vec<CredentialId>),
-    /// Replay: these were live when the revocation ran, whatever the
+    Collect(&'a mut Vec<(CredentialId, DeathReason)>),
+    /// Replay: these died so when the revocation ran, whatever the
     /// checkpointed last uses say now.
-    Force(&'a [CredentialId]),
+    Replay(&'a [(CredentialId, DeathReason)]),
 }
 
 impl Shared {
@@ -292,15 +301,18 @@ impl Shared {
             let look = self.with_record(handle, |r| {
                 (
                     reach.covers(r.minted_by()),
-                    r.death(now, &self.revocations).is_none(),
+                    r.death(now, &self.revocations),
                     r.credential_id,
                 )
             });
             match look {
-                Some((true, _, id)) => {
+                Some((true, death, id)) => {
                     let removal = match &ended {
-                        Ended::Force(ids) if ids.contains(&id) => Removal::Forced,
-                        _ => Removal::Retire,
+                        Ended::Replay(removed) => removed
+                            .iter()
+                            .find(|(removed, _)| *removed == id)
+                            .map_or(Removal::Retire, |&(_, reason)| Removal::As(reason)),
+                        Ended::Collect(_) => Removal::Retire,
                     };
                     let retired = self.detach_as(
                         threads,
@@ -311,14 +323,19 @@ impl Shared {
                         Accounting::GiveBack,
                         removal,
                     );
-                    if let Retired::RevokedLive = retired {
-                        outcome.revoked += 1;
-                        if let Ended::Collect(ids) = &mut ended {
-                            ids.push(id);
+                    let reason = match retired {
+                        Retired::RevokedLive => {
+                            outcome.revoked += 1;
+                            Some(DeathReason::Revoked(RevocationCause::Thread))
                         }
+                        Retired::RemovedDead => death,
+                        Retired::Absent | Retired::StillLive(_) => None,
+                    };
+                    if let (Ended::Collect(removed), Some(reason)) = (&mut ended, reason) {
+                        removed.push((id, reason));
                     }
                 }
-                Some((false, live, _)) => outcome.not_owned += u64::from(live),
+                Some((false, death, _)) => outcome.not_owned += u64::from(death.is_none()),
                 None => {}
             }
         }

@@ -246,4 +246,9 @@ impl RecordShard {
     pub(super) fn records(&self) -> impl Iterator<Item = &Record> {
         self.slab.records()
     }
+
+    /// Every record held with its slot, in slot order.
+    pub(super) fn records_with_slots(&self) -> impl Iterator<Item = (u32, &Record)> {
+        (0..self.slab.slots()).filter_map(|slot| Some((slot, self.at(slot)?)))
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use hashbrown::HashTable;
 
 use super::slab::{Handle, SlotKey};
-use super::types::RevocationCause;
+use super::types::{DeathReason, RevocationCause};
 use super::{Accounting, Retired, Shared, SHARDS};
 use crate::clock::Millis;
 
@@ -52,8 +52,8 @@ pub(super) struct ThreadKey<'a> {
 pub(super) enum Removal {
     /// As [`Shared::retire`] does: if dead or revoked, with a tombstone.
     Retire,
-    /// A revocation that wins over a death by time (journal replay).
-    Forced,
+    /// Removed for this reason, as the journal recorded it (replay).
+    As(DeathReason),
     /// A pending record whose Mint failed: gone without a trace.
     Discard,
 }
@@ -201,7 +201,7 @@ impl Shared {
         };
         let outcome = match removal {
             Removal::Retire => self.retire(handle, now, revoke, accounting),
-            Removal::Forced => self.retire_as(handle, now, revoke, accounting, true),
+            Removal::As(reason) => self.retire_as(handle, now, revoke, accounting, Some(reason)),
             Removal::Discard => {
                 if self.discard(handle) {
                     Retired::RemovedDead
@@ -259,18 +259,19 @@ impl Shared {
         revoke: Option<RevocationCause>,
     ) -> Retired {
         let now = self.clock.now();
-        let id = self
-            .durable
-            .as_ref()
-            .and_then(|_| self.with_record(handle, |r| r.credential_id));
-        let outcome = self.remove_from_thread_at(handle, thread_id, revoke, now);
-        if let (Some(durable), Some(id), Retired::RemovedDead | Retired::RevokedLive) =
-            (&self.durable, id, &outcome)
+        let seen = self.durable.as_ref().and_then(|_| {
+            self.with_record(handle, |r| {
+                (r.credential_id, r.death(now, &self.revocations))
+            })
+        });
+        let outcome = self.remove_from_thread_at(handle, thread_id, revoke, now, Removal::Retire);
+        if let (Some(durable), Some((id, Some(reason))), Retired::RemovedDead) =
+            (&self.durable, seen, &outcome)
         {
             // So that a restart puts back the tombstone as it was, rather
             // than one recorded when the replayed record is swept again.
             // Nobody waits: a lost record is swept again after a restart.
-            let _ = durable.append_unawaited(now, |w| w.swept(&id, now));
+            let _ = durable.append_unawaited(now, |w| w.swept(&id, now, reason));
         }
         outcome
     }
@@ -282,10 +283,11 @@ impl Shared {
         thread_id: &str,
         revoke: Option<RevocationCause>,
         now: Millis,
+        removal: Removal,
     ) -> Retired {
         let (hash, thread_shard) = self.thread_hash(thread_id);
         let mut threads = self.threads[thread_shard].write();
-        self.detach(
+        self.detach_as(
             &mut threads,
             ThreadKey {
                 id: thread_id,
@@ -295,6 +297,7 @@ impl Shared {
             now,
             revoke,
             Accounting::GiveBack,
+            removal,
         )
     }
 

@@ -488,6 +488,13 @@ impl Model {
         if KNOWN_BUG_REPLAY_KEEPS_AGED_TOMBSTONES {
             self.graves.replay();
             self.thread_graves.replay();
+        } else {
+            // A restart forgets the tombstones past their retention, as a
+            // sweep would (replay records each at its death and then
+            // applies the retention).
+            let cutoff = now.saturating_sub(self.limits.retention);
+            self.graves.evict_older_than(cutoff);
+            self.thread_graves.evict_older_than(cutoff);
         }
     }
 }

@@ -61,23 +61,24 @@ pub(in crate::store) enum Event {
     /// a live record in a snapshot (with nothing replaced).
     Minted {
         credential: StoredCredential,
-        replaced: Vec<CredentialId>,
+        replaced: Vec<(CredentialId, DeathReason)>,
     },
     /// Latest uses since the previous checkpoint.
     Renewed { uses: Vec<(CredentialId, Millis)> },
-    /// RevokeCredential at `at`; `was_live` when it ended a live credential.
+    /// RevokeCredential at `at`, and why the record it removed died
+    /// (`None`: memory held none).
     CredentialRevoked {
         credential_id: CredentialId,
         at: Millis,
-        was_live: bool,
+        reason: Option<DeathReason>,
     },
-    /// RevokeThread at `at` within `reach` (`None`: everyone's); `ended`
-    /// are the credentials it found live.
+    /// RevokeThread at `at` within `reach` (`None`: everyone's), and the
+    /// records it removed with why each died.
     ThreadRevoked {
         thread_id: Box<str>,
         reach: Option<Box<str>>,
         at: Millis,
-        ended: Vec<CredentialId>,
+        removed: Vec<(CredentialId, DeathReason)>,
     },
     /// RevokeAll: the latest stamp of each scope it names.
     ScopesStamped {
@@ -91,6 +92,12 @@ pub(in crate::store) enum Event {
     },
     /// Snapshot: the revocation epoch.
     Epoch { epoch: u64 },
+    /// A start at `at`, after replay: a clean stop's record before it no
+    /// longer says the journal ends cleanly.
+    Opened {
+        #[allow(dead_code)] // for a reader of the journal; replay needs only the kind
+        at: Millis,
+    },
     /// A clean stop at `at`: every use before it is in the journal.
     Closed {
         #[allow(dead_code)] // for a reader of the journal; replay needs only the kind
@@ -100,6 +107,7 @@ pub(in crate::store) enum Event {
     Swept {
         credential_id: CredentialId,
         at: Millis,
+        reason: DeathReason,
     },
     /// Snapshot: a dead credential's tombstone, recorded at `recorded_at`.
     Tombstone {
@@ -127,6 +135,7 @@ const TOMBSTONE: u8 = 8;
 const THREAD_DEATH: u8 = 9;
 const SWEPT: u8 = 10;
 const CLOSED: u8 = 11;
+const OPENED: u8 = 12;
 
 /// Appends little-endian fields to a record.
 pub(in crate::store) struct Writer<'a>(pub(in crate::store) &'a mut Vec<u8>);
@@ -157,10 +166,11 @@ impl Writer<'_> {
             None => self.u8(0),
         }
     }
-    fn ids(&mut self, ids: &[CredentialId]) {
-        self.u32(ids.len() as u32);
-        for id in ids {
+    fn removed(&mut self, removed: &[(CredentialId, DeathReason)]) {
+        self.u32(removed.len() as u32);
+        for (id, reason) in removed {
             self.bytes(id.as_bytes());
+            self.u8(reason_code(*reason));
         }
     }
     fn scope(&mut self, name: &ScopeName) {
@@ -192,7 +202,7 @@ impl Writer<'_> {
         credential: CredentialFields<'s>,
         scopes: impl ExactSizeIterator<Item = &'s str>,
         labels: impl ExactSizeIterator<Item = (&'s str, &'s str)>,
-        replaced: &[CredentialId],
+        replaced: &[(CredentialId, DeathReason)],
     ) {
         self.u8(MINTED);
         self.bytes(credential.digest.as_bytes());
@@ -217,7 +227,7 @@ impl Writer<'_> {
             self.str(key);
             self.str(value);
         }
-        self.ids(replaced);
+        self.removed(replaced);
     }
 
     /// Latest uses.
@@ -235,12 +245,12 @@ impl Writer<'_> {
         &mut self,
         id: &CredentialId,
         at: Millis,
-        was_live: bool,
+        reason: Option<DeathReason>,
     ) {
         self.u8(CREDENTIAL_REVOKED);
         self.bytes(id.as_bytes());
         self.u64(at);
-        self.u8(u8::from(was_live));
+        self.u8(reason.map_or(NO_REASON, reason_code));
     }
 
     /// A RevokeThread.
@@ -249,13 +259,13 @@ impl Writer<'_> {
         thread_id: &str,
         reach: Option<&str>,
         at: Millis,
-        ended: &[CredentialId],
+        removed: &[(CredentialId, DeathReason)],
     ) {
         self.u8(THREAD_REVOKED);
         self.str(thread_id);
         self.opt_str(reach);
         self.u64(at);
-        self.ids(ended);
+        self.removed(removed);
     }
 
     /// A RevokeAll's stamps.
@@ -289,6 +299,12 @@ impl Writer<'_> {
         }
     }
 
+    /// A start.
+    pub(in crate::store) fn opened(&mut self, at: Millis) {
+        self.u8(OPENED);
+        self.u64(at);
+    }
+
     /// A clean stop.
     pub(in crate::store) fn closed(&mut self, at: Millis) {
         self.u8(CLOSED);
@@ -296,10 +312,11 @@ impl Writer<'_> {
     }
 
     /// A sweeper removal.
-    pub(in crate::store) fn swept(&mut self, id: &CredentialId, at: Millis) {
+    pub(in crate::store) fn swept(&mut self, id: &CredentialId, at: Millis, reason: DeathReason) {
         self.u8(SWEPT);
         self.bytes(id.as_bytes());
         self.u64(at);
+        self.u8(reason_code(reason));
     }
 
     /// The revocation epoch.
@@ -354,6 +371,9 @@ pub(in crate::store) struct CredentialFields<'a> {
     pub(in crate::store) instance_id: &'a str,
     pub(in crate::store) provider_kind: Option<&'a str>,
 }
+
+/// [`Event::CredentialRevoked`]'s code for "memory held no record".
+const NO_REASON: u8 = 0xFF;
 
 fn reason_code(reason: DeathReason) -> u8 {
     match reason {
@@ -452,9 +472,11 @@ impl<'a> Reader<'a> {
             self.take(16)?.try_into().expect("16 bytes"),
         ))
     }
-    fn ids(&mut self) -> Result<Vec<CredentialId>, DecodeError> {
-        let n = self.count(16)?;
-        (0..n).map(|_| self.id()).collect()
+    fn removed(&mut self) -> Result<Vec<(CredentialId, DeathReason)>, DecodeError> {
+        let n = self.count(17)?;
+        (0..n)
+            .map(|_| Ok((self.id()?, reason_of(self.u8()?)?)))
+            .collect()
     }
     fn scope(&mut self) -> Result<ScopeName, DecodeError> {
         Ok(match self.u8()? {
@@ -502,7 +524,7 @@ impl Event {
                 let labels = (0..n)
                     .map(|_| Ok((r.str()?, r.str()?)))
                     .collect::<Result<_, DecodeError>>()?;
-                let replaced = r.ids()?;
+                let replaced = r.removed()?;
                 Event::Minted {
                     credential: StoredCredential {
                         digest,
@@ -534,13 +556,16 @@ impl Event {
             CREDENTIAL_REVOKED => Event::CredentialRevoked {
                 credential_id: r.id()?,
                 at: r.u64()?,
-                was_live: r.bool()?,
+                reason: match r.u8()? {
+                    NO_REASON => None,
+                    code => Some(reason_of(code)?),
+                },
             },
             THREAD_REVOKED => Event::ThreadRevoked {
                 thread_id: r.str()?,
                 reach: r.opt_str()?,
                 at: r.u64()?,
-                ended: r.ids()?,
+                removed: r.removed()?,
             },
             SCOPES_STAMPED => {
                 let n = r.count(17)?;
@@ -564,9 +589,11 @@ impl Event {
             }
             EPOCH => Event::Epoch { epoch: r.u64()? },
             CLOSED => Event::Closed { at: r.u64()? },
+            OPENED => Event::Opened { at: r.u64()? },
             SWEPT => Event::Swept {
                 credential_id: r.id()?,
                 at: r.u64()?,
+                reason: reason_of(r.u8()?)?,
             },
             TOMBSTONE => Event::Tombstone {
                 digest: r.digest()?,
@@ -622,7 +649,8 @@ mod tests {
             scopes: vec!["a".into(), "b".into()],
             labels: vec![("x".into(), "y".into())],
         };
-        let replaced = vec![CredentialId::from_bytes([9; 16])];
+        let replaced = vec![(CredentialId::from_bytes([9; 16]), DeathReason::IdleTimeout)];
+        let id = replaced[0].0;
         let mut encoded = Vec::new();
         let mut buf = Vec::new();
         Writer(&mut buf).minted(
@@ -657,13 +685,23 @@ mod tests {
         Writer(&mut buf).renewed(&uses);
         encoded.push((buf, Event::Renewed { uses }));
         let mut buf = Vec::new();
-        Writer(&mut buf).credential_revoked(&replaced[0], 12, true);
+        Writer(&mut buf).credential_revoked(&id, 12, Some(DeathReason::Expired));
         encoded.push((
             buf,
             Event::CredentialRevoked {
-                credential_id: replaced[0],
+                credential_id: id,
                 at: 12,
-                was_live: true,
+                reason: Some(DeathReason::Expired),
+            },
+        ));
+        let mut buf = Vec::new();
+        Writer(&mut buf).credential_revoked(&id, 12, None);
+        encoded.push((
+            buf,
+            Event::CredentialRevoked {
+                credential_id: id,
+                at: 12,
+                reason: None,
             },
         ));
         let mut buf = Vec::new();
@@ -674,7 +712,7 @@ mod tests {
                 thread_id: "t".into(),
                 reach: Some("m".into()),
                 at: 13,
-                ended: replaced.clone(),
+                removed: replaced.clone(),
             },
         ));
         let pair = ScopeName::Pair {
@@ -700,14 +738,18 @@ mod tests {
             },
         ));
         let mut buf = Vec::new();
-        Writer(&mut buf).swept(&replaced[0], 45);
+        Writer(&mut buf).swept(&id, 45, DeathReason::Revoked(RevocationCause::All));
         encoded.push((
             buf,
             Event::Swept {
-                credential_id: replaced[0],
+                credential_id: id,
                 at: 45,
+                reason: DeathReason::Revoked(RevocationCause::All),
             },
         ));
+        let mut buf = Vec::new();
+        Writer(&mut buf).opened(47);
+        encoded.push((buf, Event::Opened { at: 47 }));
         let mut buf = Vec::new();
         Writer(&mut buf).closed(46);
         encoded.push((buf, Event::Closed { at: 46 }));

@@ -44,7 +44,7 @@ use super::journal::{
     TruncateAt, Truncation,
 };
 use super::record::Record;
-use super::types::Rejection;
+use super::types::{DeathReason, Rejection};
 use super::{Store, StoreConfig};
 use crate::clock::{AnchoredClock, Clock, Millis};
 use crate::token::CredentialId;
@@ -164,7 +164,7 @@ pub(super) struct Durability {
     options: DurableOptions,
     /// The ids a pending Mint replaces, by the new credential's id: a
     /// snapshot taken while the Mint waits must carry them.
-    pub(super) pending_replacements: Mutex<HashMap<CredentialId, Vec<CredentialId>>>,
+    pub(super) pending_replacements: Mutex<HashMap<CredentialId, Vec<(CredentialId, DeathReason)>>>,
     /// Bytes of the newest snapshot, so compaction waits for the journal to
     /// outgrow it.
     snapshot_bytes: Mutex<u64>,
@@ -223,14 +223,14 @@ fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
 }
 
 /// A Mint's journal record.
-pub(super) fn minted_payload(record: &Record, replaced: &[CredentialId]) -> Vec<u8> {
+pub(super) fn minted_payload(record: &Record, replaced: &[(CredentialId, DeathReason)]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(160 + record.thread_id.len());
     write_record(&mut Writer(&mut payload), record, replaced);
     payload
 }
 
 /// Writes `record` as a Minted record.
-fn write_record(w: &mut Writer<'_>, record: &Record, replaced: &[CredentialId]) {
+fn write_record(w: &mut Writer<'_>, record: &Record, replaced: &[(CredentialId, DeathReason)]) {
     let class = &*record.class;
     w.minted(
         CredentialFields {
@@ -300,6 +300,14 @@ impl Store {
                     error,
                 }
             })?;
+        // Before any change of this run: a crash from here on is not
+        // mistaken for the clean stop that may end the journal.
+        if let Some(durable) = &store.shared.durable {
+            durable
+                .append(now, |w| w.opened(now))
+                .wait_blocking()
+                .map_err(OpenError::Journal)?;
+        }
         let recovery = Recovery {
             records: replayed,
             credentials: store.record_count() as u64,

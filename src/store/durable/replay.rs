@@ -21,7 +21,7 @@ use super::super::record::{Class, Record};
 use super::super::slab::{shard_of_digest, SlotKey};
 use super::super::sweeper::Deadline;
 use super::super::threads::{Removal, ThreadKey};
-use super::super::types::{Reach, RevocationCause};
+use super::super::types::{DeathReason, Reach, RevocationCause};
 use super::super::{Accounting, Shared, SHARDS};
 use super::event::{DecodeError, Event, StoredCredential};
 use crate::clock::Millis;
@@ -101,7 +101,7 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
         Event::CredentialRevoked {
             credential_id,
             at,
-            was_live,
+            reason,
         } => {
             let found = shared.with_id(&credential_id, |handle, record| {
                 (handle, record.thread_id.clone())
@@ -119,27 +119,27 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
                     at,
                     Some(RevocationCause::Credential),
                     Accounting::GiveBack,
-                    if was_live {
-                        Removal::Forced
-                    } else {
-                        Removal::Retire
-                    },
+                    reason.map_or(Removal::Retire, Removal::As),
                 );
             }
         }
-        Event::Swept { credential_id, at } => {
+        Event::Swept {
+            credential_id,
+            at,
+            reason,
+        } => {
             let found = shared.with_id(&credential_id, |handle, record| {
                 (handle, record.thread_id.clone())
             });
             if let Some((handle, thread_id)) = found {
-                shared.remove_from_thread_at(handle, &thread_id, None, at);
+                shared.remove_from_thread_at(handle, &thread_id, None, at, Removal::As(reason));
             }
         }
         Event::ThreadRevoked {
             thread_id,
             reach,
             at,
-            ended,
+            removed,
         } => {
             let (hash, thread_shard) = shared.thread_hash(&thread_id);
             let mut threads = shared.threads[thread_shard].write();
@@ -152,7 +152,7 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
                 },
                 reach,
                 at,
-                Ended::Force(&ended),
+                Ended::Replay(&removed),
             );
         }
         Event::ScopesStamped { stamps } => {
@@ -170,7 +170,7 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
             .revocations
             .restore_stamps(&name, Some(claims), &history),
         Event::Epoch { epoch } => shared.revocations.restore_epoch(epoch),
-        Event::Closed { .. } => {}
+        Event::Closed { .. } | Event::Opened { .. } => {}
         Event::Tombstone {
             digest,
             recorded_at,
@@ -199,7 +199,7 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
 fn restore_minted(
     shared: &Shared,
     credential: StoredCredential,
-    replaced: &[CredentialId],
+    replaced: &[(CredentialId, DeathReason)],
 ) -> Result<(), DecodeError> {
     let record_shard = shard_of_digest(&credential.digest);
     if usize::from(credential.credential_id.route()) % SHARDS != record_shard {
@@ -211,18 +211,19 @@ fn restore_minted(
         id: &credential.thread_id,
         hash,
     };
-    for id in replaced {
+    for (id, reason) in replaced {
         let handle = shared.with_id(id, |handle, record| {
             (*record.thread_id == *credential.thread_id).then_some(handle)
         });
         if let Some(Some(handle)) = handle {
-            shared.detach(
+            shared.detach_as(
                 &mut threads,
                 thread,
                 handle,
                 credential.created_at,
                 Some(RevocationCause::Replaced),
                 Accounting::GiveBack,
+                Removal::As(*reason),
             );
         }
     }
@@ -308,10 +309,16 @@ fn finish(shared: &Shared, newest: Millis, grace: Millis, clean: bool) {
             .filter(|record| record.counted(revocations))
             .map(|record| (&*record.class.pair, record.minted_epoch)),
     );
+    // What the crash bound and the grace move is a use like any other: the
+    // next checkpoint writes it, so a later restart keeps it.
     if !clean && newest > 0 {
-        for record in shards.iter().flat_map(|shard| shard.records()) {
-            if record.death(newest, revocations).is_none() {
-                record.last_used.fetch_max(newest, Ordering::AcqRel);
+        for shard in &shards {
+            for (slot, record) in shard.records_with_slots() {
+                if record.death(newest, revocations).is_none()
+                    && record.last_used.fetch_max(newest, Ordering::AcqRel) < newest
+                {
+                    shard.used.mark(slot);
+                }
             }
         }
     }
@@ -319,17 +326,25 @@ fn finish(shared: &Shared, newest: Millis, grace: Millis, clean: bool) {
         // Only what was live when the store stopped and died while it was
         // down: every other deadline stays exactly as it was.
         let now = shared.clock.now();
-        for record in shards.iter().flat_map(|shard| shard.records()) {
-            if record.death(newest, revocations).is_none()
-                && record.death(now, revocations).is_some()
-            {
-                let last_used = record.last_used.load(Ordering::Acquire);
-                let moved = last_used.saturating_add(grace).min(now);
-                record.last_used.fetch_max(moved, Ordering::AcqRel);
+        for shard in &shards {
+            for (slot, record) in shard.records_with_slots() {
+                if record.death(newest, revocations).is_none()
+                    && record.death(now, revocations).is_some()
+                {
+                    let last_used = record.last_used.load(Ordering::Acquire);
+                    let moved = last_used.saturating_add(grace).min(now);
+                    record.last_used.fetch_max(moved, Ordering::AcqRel);
+                    shard.used.mark(slot);
+                }
             }
         }
     }
     drop(shards);
+    // Tombstones past their retention, as the sweeper would forget them:
+    // replay recorded each at its death, never their forgetting.
+    let cutoff = shared.clock.now().saturating_sub(shared.retention.age);
+    shared.tombstones.evict_older_than(cutoff);
+    shared.thread_tombstones.evict_older_than(cutoff);
     shared.reclaim.request();
     shared.sweeper_wakeup.notify_one();
 }
