@@ -4,7 +4,6 @@
 //! and the journal's files and batches as the tests damage them.
 
 use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Mutex};
@@ -28,28 +27,10 @@ pub const STORE_WRITES: &str = "credential_authority.v1.CredentialAuthority/stor
 /// How long a start, a refusal or a health change may take.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A scratch directory whose `state` (mode 0700) and `state/store` exist.
-///
-/// WORKAROUND for a bug at b42ac21: `serve` with the default `--store
-/// embedded` and no `--data-dir` exits with "cannot open the lock file
-/// <state>/store/LOCK: No such file or directory" when `<state>/store` does
-/// not exist yet (nothing creates the data directory, though
-/// `DurableOptions::dir` says "created if missing"). Creating it here lets
-/// the restart tests run; remove this once the server creates it.
+/// A scratch directory for a server's state (the server creates `state`
+/// and its `store`).
 pub fn scratch() -> Arc<tempfile::TempDir> {
-    let scratch = tempfile::tempdir().expect("a scratch directory");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(scratch.path().join("state").join("store"))
-        .expect("the data directory");
-    // `recursive` applies the mode to the leaf only on some systems.
-    std::fs::set_permissions(
-        scratch.path().join("state"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .expect("chmod 700 the state directory");
-    Arc::new(scratch)
+    Arc::new(tempfile::tempdir().expect("a scratch directory"))
 }
 
 /// The data directory of the servers that use `scratch`.

@@ -175,24 +175,25 @@ pub(super) struct Durability {
 impl Durability {
     /// Appends a record written by `write`, made at `now`.
     pub(super) fn append(&self, now: Millis, write: impl FnOnce(&mut Writer<'_>)) -> Durable {
-        let mut payload = Vec::with_capacity(96);
-        write(&mut Writer(&mut payload));
-        self.journal.record_time(now);
-        self.journal.append(&payload)
+        self.journal.append(&self.payload(now, write))
     }
-}
 
-impl Durability {
     /// Appends a record nobody waits for (see [`Journal::append_unawaited`]).
     pub(super) fn append_unawaited(
         &self,
         now: Millis,
         write: impl FnOnce(&mut Writer<'_>),
     ) -> Result<(), JournalError> {
-        let mut payload = Vec::with_capacity(32);
+        self.journal.append_unawaited(&self.payload(now, write))
+    }
+
+    /// A record written by `write`, made at `now`; its batch will carry
+    /// that time.
+    fn payload(&self, now: Millis, write: impl FnOnce(&mut Writer<'_>)) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(96);
         write(&mut Writer(&mut payload));
         self.journal.record_time(now);
-        self.journal.append_unawaited(&payload)
+        payload
     }
 }
 

@@ -102,39 +102,18 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
             credential_id,
             at,
             reason,
-        } => {
-            let found = shared.with_id(&credential_id, |handle, record| {
-                (handle, record.thread_id.clone())
-            });
-            if let Some((handle, thread_id)) = found {
-                let (hash, thread_shard) = shared.thread_hash(&thread_id);
-                let mut threads = shared.threads[thread_shard].write();
-                shared.detach_as(
-                    &mut threads,
-                    ThreadKey {
-                        id: &thread_id,
-                        hash,
-                    },
-                    handle,
-                    at,
-                    Some(RevocationCause::Credential),
-                    Accounting::GiveBack,
-                    reason.map_or(Removal::Retire, Removal::As),
-                );
-            }
-        }
+        } => remove_by_id(
+            shared,
+            &credential_id,
+            at,
+            Some(RevocationCause::Credential),
+            reason.map_or(Removal::Retire, Removal::As),
+        ),
         Event::Swept {
             credential_id,
             at,
             reason,
-        } => {
-            let found = shared.with_id(&credential_id, |handle, record| {
-                (handle, record.thread_id.clone())
-            });
-            if let Some((handle, thread_id)) = found {
-                shared.remove_from_thread_at(handle, &thread_id, None, at, Removal::As(reason));
-            }
-        }
+        } => remove_by_id(shared, &credential_id, at, None, Removal::As(reason)),
         Event::ThreadRevoked {
             thread_id,
             reach,
@@ -192,6 +171,21 @@ fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
         ),
     }
     Ok(())
+}
+
+/// Removes the credential `id` from its thread at the journaled time `at`,
+/// if it is still held: a RevokeCredential's or a sweep's record.
+fn remove_by_id(
+    shared: &Shared,
+    id: &CredentialId,
+    at: Millis,
+    revoke: Option<RevocationCause>,
+    removal: Removal,
+) {
+    let found = shared.with_id(id, |handle, record| (handle, record.thread_id.clone()));
+    if let Some((handle, thread_id)) = found {
+        shared.remove_from_thread_at(handle, &thread_id, revoke, at, removal);
+    }
 }
 
 /// Puts back a minted credential, after revoking what its Mint replaced
