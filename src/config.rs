@@ -13,6 +13,7 @@ use crate::auth::cli::CallersArgs;
 use crate::guard::GuardConfig;
 use crate::server::Storage;
 use crate::store::journal::TruncateAt;
+use crate::store::redis::RedisOptions;
 use crate::store::{DurableOptions, StoreConfig};
 use crate::transport::http2::Http2Config;
 use crate::transport::{ListenAddr, TlsFiles, TransportConfig};
@@ -351,6 +352,34 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDENTIAL_AUTHORITY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// The Redis server of `--store redis`: `redis://[user:password@]host:port[/db]`,
+    /// or `rediss://` for TLS. Never logged with its password.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// A file holding the Redis password (one line), instead of a password in
+    /// the URL, where it would show in the process list.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Every Mint and revocation waits (WAIT) for this many Redis replicas
+    /// to have it; fewer within --redis-timeout fails UNAVAILABLE.
+    #[arg(
+        long,
+        env = "CREDENTIAL_AUTHORITY_REDIS_MIN_REPLICAS",
+        default_value_t = 0
+    )]
+    pub redis_min_replicas: u32,
+
+    /// How long one Redis command may take before the call fails
+    /// UNAVAILABLE (with RetryInfo).
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
     /// How often the latest uses of credentials are written: after a crash
     /// a credential's deadlines are at most this much earlier than they
     /// were (a clean stop loses nothing).
@@ -382,6 +411,8 @@ pub enum StoreKind {
     Embedded,
     /// In memory only: every credential is lost at a restart.
     Memory,
+    /// In a Redis shared by several authority processes (--redis-url).
+    Redis,
 }
 
 /// A configuration the server refuses to start with.
@@ -423,9 +454,21 @@ impl ServeArgs {
 
     /// Where the store keeps its data: `state_dir` is the state directory
     /// in force, whose `store` subdirectory is the default data directory.
-    pub fn storage(&self, state_dir: &std::path::Path) -> Storage {
-        match self.store_kind {
+    pub fn storage(&self, state_dir: &std::path::Path) -> Result<Storage, std::io::Error> {
+        Ok(match self.store_kind {
             StoreKind::Memory => Storage::Memory,
+            StoreKind::Redis => Storage::Redis(RedisOptions {
+                url: self.redis_url.clone(),
+                password: self
+                    .redis_password_file
+                    .as_ref()
+                    .map(|path| {
+                        std::fs::read_to_string(path).map(|text| text.trim_end().to_owned())
+                    })
+                    .transpose()?,
+                min_replicas: self.redis_min_replicas,
+                timeout: self.redis_timeout,
+            }),
             StoreKind::Embedded => {
                 let dir = self
                     .data_dir
@@ -435,7 +478,7 @@ impl ServeArgs {
                 options.renewal_checkpoint = self.renewal_checkpoint;
                 Storage::Durable(options.truncate_at(self.truncate_journal_at.clone()))
             }
-        }
+        })
     }
 
     /// The listeners' part of the settings.

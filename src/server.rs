@@ -24,6 +24,7 @@ use crate::pb::credential_authority_server::CredentialAuthorityServer;
 use crate::request_id::RequestIdLayer;
 use crate::service::AuthorityService;
 use crate::store::journal::{HealthCallback, HealthEvent};
+use crate::store::redis::{redacted_url, RedisOpenError, RedisOptions, RedisStore};
 use crate::store::{Backend, DurableOptions, OpenError, Store, StoreConfig};
 use crate::transport::http2::{self, Http2Config};
 use crate::transport::{PeerInfo, TlsReloader, Transport};
@@ -53,6 +54,8 @@ pub enum Storage {
     Memory,
     /// The durable embedded store in a data directory.
     Durable(DurableOptions),
+    /// A Redis shared with other authority processes.
+    Redis(RedisOptions),
 }
 
 /// What the server needs besides its listeners.
@@ -91,6 +94,9 @@ pub enum ServerError {
     /// The store's data directory could not be opened.
     #[error("{0}")]
     Store(#[from] OpenError),
+    /// The Redis store could not be reached or refused to serve.
+    #[error("{0}")]
+    Redis(#[from] RedisOpenError),
 }
 
 /// Serves on `transport` until `shutdown` completes, then drains: health
@@ -123,12 +129,20 @@ pub async fn run(
     };
     let audit = AuditLog::open(settings.audit.clone(), clock.clone())?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let store = open_store(&settings, clock, &health)?;
-    let _sweeper = store.spawn_sweeper();
-    let _checkpointer = store.spawn_checkpointer();
+    let (backend, _background) = match &settings.storage {
+        Storage::Redis(options) => open_redis(&settings, options, clock, &health).await?,
+        _ => {
+            let store = open_store(&settings, clock, &health)?;
+            let background = Background::Embedded {
+                _sweeper: store.spawn_sweeper(),
+                _checkpointer: store.spawn_checkpointer(),
+            };
+            (Backend::from(store), background)
+        }
+    };
     let draining = Arc::new(AtomicBool::new(false));
     let authority = AuthorityService::new(
-        Backend::from(store.clone()),
+        backend.clone(),
         settings.store.clone(),
         draining.clone(),
         auth.clone(),
@@ -139,7 +153,7 @@ pub async fn run(
         .set_serving::<CredentialAuthorityServer<AuthorityService>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
-    if store.is_durable() {
+    if backend.embedded().is_some_and(Store::is_durable) {
         health
             .set_service_status(STORE_WRITES_HEALTH, ServingStatus::Serving)
             .await;
@@ -213,7 +227,7 @@ pub async fn run(
     {
         tracing::warn!("grace period over with calls still in flight; exiting anyway");
     }
-    if store.is_durable() {
+    if let Some(store) = backend.embedded().filter(|store| store.is_durable()) {
         // The latest uses and the time, so a restart finds every deadline
         // exactly as it was.
         match store.close().await {
@@ -223,6 +237,75 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The background tasks of the store in use, stopped when dropped.
+enum Background {
+    /// The sweeper and the renewal checkpointer.
+    Embedded {
+        _sweeper: crate::store::SweeperGuard,
+        _checkpointer: crate::store::CheckpointerGuard,
+    },
+    /// The pruner and the health probe.
+    Redis(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Background::Redis(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// How often the Redis store is probed, and pruned, in the background.
+const REDIS_PROBE: Duration = Duration::from_millis(500);
+
+/// Connects to Redis, and starts the task that prunes dead credentials and
+/// turns health NOT_SERVING while Redis does not answer (calls then fail
+/// UNAVAILABLE with RetryInfo; the process keeps running and recovers by
+/// itself).
+async fn open_redis(
+    settings: &ServerSettings,
+    options: &RedisOptions,
+    clock: Arc<dyn Clock>,
+    health: &HealthReporter,
+) -> Result<(Backend, Background), ServerError> {
+    let store = RedisStore::connect(options.clone(), settings.store.clone(), clock, None).await?;
+    tracing::info!(
+        server = %redacted_url(&options.url),
+        min_replicas = options.min_replicas,
+        "credentials are kept in Redis"
+    );
+    let probe = store.clone();
+    let reporter = health.clone();
+    let task = tokio::spawn(async move {
+        let mut serving = true;
+        let mut ticks = tokio::time::interval(REDIS_PROBE);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let up = probe.ping().await;
+            if up {
+                let _ = probe.prune().await;
+            }
+            if up != serving {
+                serving = up;
+                let status = if up {
+                    tracing::info!("Redis answers again");
+                    ServingStatus::Serving
+                } else {
+                    tracing::error!(
+                        "Redis does not answer: calls fail UNAVAILABLE with RetryInfo until it does"
+                    );
+                    ServingStatus::NotServing
+                };
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status(SERVICE_NAME, status).await;
+            }
+        }
+    });
+    Ok((Backend::from(store), Background::Redis(task)))
 }
 
 /// Opens the store `settings` ask for, logging what recovery found; a
@@ -238,6 +321,7 @@ fn open_store(
             return Ok(Store::new(settings.store.clone(), clock));
         }
         Storage::Durable(options) => options.clone(),
+        Storage::Redis(_) => unreachable!("opened by open_redis"),
     };
     let runtime = tokio::runtime::Handle::current();
     let reporter = health.clone();

@@ -10,6 +10,7 @@
 use super::durable::unavailable;
 use super::journal::Durable;
 use super::mint::BegunMint;
+use super::redis::RedisStore;
 use super::types::{
     CredentialRevocation, CredentialView, Minted, NewCredential, Reach, Rejection, RevokeAllTarget,
     ThreadRevocation, ThreadTouch, Touched,
@@ -23,6 +24,14 @@ use crate::token::{CredentialId, TokenDigest};
 pub enum Backend {
     /// The embedded store, in memory, with or without its journal.
     Embedded(Store),
+    /// A Redis shared by several authority processes.
+    Redis(RedisStore),
+}
+
+impl From<RedisStore> for Backend {
+    fn from(store: RedisStore) -> Self {
+        Backend::Redis(store)
+    }
 }
 
 impl From<Store> for Backend {
@@ -41,6 +50,7 @@ impl Backend {
     ) -> Result<T, Rejection> {
         match self {
             Backend::Embedded(store) => store.resolve_with(digest, required_scope, answer),
+            Backend::Redis(store) => store.resolve_with(digest, required_scope, answer).await,
         }
     }
 
@@ -68,6 +78,7 @@ impl Backend {
                 waiting.durable = None;
                 store.finish_mint(begun, written)
             }
+            Backend::Redis(store) => store.mint(digest, new).await,
         }
     }
 
@@ -79,6 +90,7 @@ impl Backend {
     ) -> Result<Touched, Rejection> {
         match self {
             Backend::Embedded(store) => store.touch_credential(credential_id, reach),
+            Backend::Redis(store) => store.touch_credential(credential_id, reach).await,
         }
     }
 
@@ -90,6 +102,7 @@ impl Backend {
     ) -> Result<ThreadTouch, Rejection> {
         match self {
             Backend::Embedded(store) => store.touch_thread(thread_id, reach),
+            Backend::Redis(store) => store.touch_thread(thread_id, reach).await,
         }
     }
 
@@ -107,6 +120,7 @@ impl Backend {
                 written(durable).await?;
                 Ok(outcome)
             }
+            Backend::Redis(store) => store.revoke_thread(thread_id, reach).await,
         }
     }
 
@@ -123,6 +137,7 @@ impl Backend {
                 written(durable).await?;
                 Ok(outcome)
             }
+            Backend::Redis(store) => store.revoke_credential(credential_id, reach).await,
         }
     }
 
@@ -135,6 +150,7 @@ impl Backend {
                 store.reclaim_revoked(revoked, outcome.is_ok());
                 outcome.map(|()| revoked)
             }
+            Backend::Redis(store) => store.revoke_all(target).await,
         }
     }
 
@@ -142,6 +158,7 @@ impl Backend {
     pub fn now(&self) -> Millis {
         match self {
             Backend::Embedded(store) => store.now(),
+            Backend::Redis(store) => store.now(),
         }
     }
 
@@ -150,6 +167,7 @@ impl Backend {
     pub fn embedded(&self) -> Option<&Store> {
         match self {
             Backend::Embedded(store) => Some(store),
+            Backend::Redis(_) => None,
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod journal;
 mod mint;
 mod owner_calls;
 mod record;
+pub mod redis;
 mod revocation;
 mod slab;
 mod sweeper;
