@@ -9,6 +9,7 @@ pub mod callers;
 pub mod grpcurl;
 pub mod h2raw;
 pub mod health;
+pub mod redis;
 pub mod restart;
 pub mod tls;
 
