@@ -70,6 +70,47 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
+    /// The commands clients sent (not those functions ran) while `during`
+    /// ran, as `MONITOR` shows them: one line per command, uppercased name
+    /// first.
+    pub fn client_commands_during(&self, during: impl FnOnce()) -> Vec<String> {
+        use std::io::{BufRead as _, BufReader};
+        let mut monitor = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("MONITOR")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+        assert_eq!(
+            lines.next().unwrap().unwrap().trim(),
+            "OK",
+            "MONITOR started"
+        );
+        during();
+        // A marker, so everything before it has been read.
+        self.cli(&["ECHO", "monitor-end"]);
+        let mut seen = Vec::new();
+        for line in lines {
+            let line = line.unwrap();
+            if line.contains("\"monitor-end\"") {
+                break;
+            }
+            // `<time> [<db> <client>] "CMD" "arg"...`; a function's own
+            // commands show as `[<db> lua]`.
+            if line.contains(" lua] ") {
+                continue;
+            }
+            if let Some(command) = line.split("] \"").nth(1) {
+                seen.push(command.split('"').next().unwrap_or("").to_uppercase());
+            }
+        }
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+        seen
+    }
+
     /// Kills it (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -111,7 +152,10 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if self.cli(&["PING"]).trim() == "PONG" {
+            let answer = self.cli(&["PING"]);
+            // With --requirepass, a PING without the password is refused:
+            // that is an answer too.
+            if answer.trim() == "PONG" || answer.contains("NOAUTH") {
                 self.child = Some(child);
                 return true;
             }

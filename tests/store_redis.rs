@@ -1,0 +1,272 @@
+//! The Redis backend end to end: real `redis-server` processes and the real
+//! authority binary with `--store redis`, on loopback ports.
+//!
+//! The semantics (reasons, causes, deadlines, limits) are checked on every
+//! backend by `backend_semantics.rs`; here: several authorities sharing one
+//! Redis, Resolve's cost in Redis commands, a Redis that stops and comes
+//! back, and the refusals at start.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::health::{health, serving};
+use common::redis::RedisServer;
+use common::{client, serve_command, Client, Server};
+use credential_authority::clock::{Clock, SystemClock};
+use credential_authority::pb;
+use credential_authority::store::redis::{RedisOptions, RedisStore};
+use credential_authority::store::{Backend, NewCredential, Reach, StoreConfig};
+use credential_authority::token::Token;
+use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+fn authority(redis: &RedisServer, extra: &[&str]) -> Server {
+    let mut flags = vec!["--store", "redis", "--redis-url"];
+    let url = redis.url();
+    flags.push(&url);
+    flags.extend_from_slice(extra);
+    Server::start(&flags)
+}
+
+fn mint_request(thread_id: &str) -> pb::MintRequest {
+    pb::MintRequest {
+        thread_id: thread_id.into(),
+        provider_instance_id: "claude-1".into(),
+        provider_kind: "claude".into(),
+        ..Default::default()
+    }
+}
+
+async fn resolve(client: &mut Client, token: &str) -> Result<pb::ResolveResponse, Status> {
+    client
+        .resolve(pb::ResolveRequest {
+            token: token.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until the server's overall health is `wanted`.
+async fn health_becomes(server: &Server, wanted: i32) {
+    let mut checker = health(server).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if serving(&mut checker).await.ok() == Some(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never became {wanted}:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Catches: a backend that keeps anything per process (a token minted on
+/// A unknown to B, a revocation on B not seen on A, a RevokeAll on A not
+/// seen on B at once).
+#[tokio::test]
+async fn two_authorities_share_one_redis() {
+    let redis = RedisServer::start(&[]);
+    let a = authority(&redis, &[]);
+    let b = authority(&redis, &[]);
+    let (mut on_a, mut on_b) = (client(&a).await, client(&b).await);
+
+    let minted = on_a
+        .mint(mint_request("thread-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = resolve(&mut on_b, &minted.token)
+        .await
+        .expect("B resolves A's token");
+    assert_eq!(seen.credential_id, minted.credential_id);
+    on_b.revoke_credential(pb::RevokeCredentialRequest {
+        credential_id: minted.credential_id.clone(),
+    })
+    .await
+    .unwrap();
+    let refused = resolve(&mut on_a, &minted.token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(reason(&refused), "TOKEN_REVOKED");
+
+    let second = on_b
+        .mint(mint_request("thread-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resolve(&mut on_a, &second.token).await.is_ok());
+    on_a.revoke_all(pb::RevokeAllRequest::default())
+        .await
+        .unwrap();
+    let refused = resolve(&mut on_b, &second.token).await.unwrap_err();
+    assert_eq!(reason(&refused), "TOKEN_REVOKED");
+    assert!(
+        !a.log().contains(&minted.token) && !b.log().contains(&minted.token),
+        "no token in either log"
+    );
+}
+
+/// Catches: a Resolve that costs more than one Redis command (a GET then
+/// a script, a separate renewal write, a WAIT on the read path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_is_one_redis_command() {
+    let redis = RedisServer::start(&[]);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let store = RedisStore::connect(
+        RedisOptions {
+            url: redis.url(),
+            password: None,
+            min_replicas: 0,
+            timeout: Duration::from_secs(5),
+        },
+        StoreConfig::default(),
+        clock,
+        None,
+    )
+    .await
+    .unwrap();
+    let backend = Backend::from(store);
+    let digest = Token::generate().digest();
+    backend
+        .mint(
+            digest,
+            NewCredential {
+                thread_id: "t",
+                provider_instance_id: "i",
+                minted_by: "a",
+                reach: Reach::MintedBy("a"),
+                ..NewCredential::default()
+            },
+        )
+        .await
+        .unwrap();
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    const CALLS: usize = 100;
+    let runtime = tokio::runtime::Handle::current();
+    let sent = tokio::task::block_in_place(|| {
+        redis.client_commands_during(|| {
+            runtime.block_on(async {
+                for _ in 0..CALLS {
+                    backend
+                        .resolve_with(&digest, None, |view| view.credential_id)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+    assert_eq!(
+        sent,
+        vec!["FCALL".to_owned(); CALLS],
+        "one FCALL per Resolve"
+    );
+    assert_eq!(redis.command_calls("fcall"), CALLS as u64);
+}
+
+/// Catches: a Redis fault reported as a dead token (UNAUTHENTICATED), a
+/// health that stays SERVING while Redis is gone, a backend that needs a
+/// restart of ours to recover, and an acknowledged Mint lost when Redis
+/// restarts (with `appendfsync always`).
+#[tokio::test]
+async fn redis_stopped_mid_traffic_fails_retryable_and_recovers() {
+    let mut redis = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let server = authority(&redis, &["--redis-timeout", "300ms"]);
+    let mut caller = client(&server).await;
+    health_becomes(&server, SERVING).await;
+
+    // Mints under way while Redis dies: every one acknowledged is kept.
+    let mut acknowledged = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..60 {
+        if i == 30 {
+            redis.kill();
+        }
+        match caller.mint(mint_request(&format!("thread-{i}"))).await {
+            Ok(minted) => acknowledged.push(minted.into_inner().token),
+            Err(status) => failures.push(status),
+        }
+    }
+    assert!(acknowledged.len() >= 30, "minted before the stop");
+    assert!(!failures.is_empty(), "Redis was down for the last mints");
+    for status in &failures {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(reason(status), "SERVICE_UNAVAILABLE");
+        assert!(
+            status.get_error_details().retry_info().is_some(),
+            "a fault of ours carries RetryInfo"
+        );
+    }
+    let during = resolve(&mut caller, &acknowledged[0]).await.unwrap_err();
+    assert_eq!(during.code(), Code::Unavailable, "never a TOKEN_* verdict");
+    assert_eq!(reason(&during), "SERVICE_UNAVAILABLE");
+    health_becomes(&server, NOT_SERVING).await;
+
+    redis.restart();
+    health_becomes(&server, SERVING).await;
+    for token in &acknowledged {
+        resolve(&mut caller, token)
+            .await
+            .expect("every acknowledged Mint survives Redis's restart");
+    }
+}
+
+/// Catches: starting on a Redis that may evict keys (an evicted generation
+/// or tombstone would revive revoked tokens).
+#[test]
+fn refuses_a_redis_that_may_evict() {
+    let redis = RedisServer::start(&["--maxmemory-policy", "allkeys-lru"]);
+    let state = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let out = serve_command(
+        &["--listen", "127.0.0.1:0"],
+        &state.path().join("state"),
+        &["--store", "redis", "--redis-url", &url],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("noeviction") && log.contains("allkeys-lru"),
+        "{log}"
+    );
+}
+
+/// Catches: a password from the file not used, or the password (from the
+/// file or the URL) written to the log.
+#[tokio::test]
+async fn the_redis_password_is_used_and_never_logged() {
+    let password = "s3cret-redis-password";
+    let redis = RedisServer::start(&["--requirepass", password]);
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("redis-password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    let server = authority(&redis, &["--redis-password-file", file.to_str().unwrap()]);
+    let mut caller = client(&server).await;
+    let minted = caller.mint(mint_request("t")).await.unwrap().into_inner();
+    assert!(resolve(&mut caller, &minted.token).await.is_ok());
+    assert!(!server.log().contains(password), "{}", server.log());
+
+    let in_url = format!("redis://:{password}@127.0.0.1:{}", redis.port);
+    let second = Server::start(&["--store", "redis", "--redis-url", &in_url]);
+    let mut caller = client(&second).await;
+    assert!(resolve(&mut caller, &minted.token).await.is_ok());
+    assert!(!second.log().contains(password), "{}", second.log());
+}
