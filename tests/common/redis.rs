@@ -162,6 +162,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
+        let _ = child.wait();
         false
     }
 }
