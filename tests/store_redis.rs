@@ -120,6 +120,17 @@ async fn two_authorities_share_one_redis() {
         !a.log().contains(&minted.token) && !b.log().contains(&minted.token),
         "no token in either log"
     );
+
+    // An authority restart loses nothing: the credentials live in Redis.
+    let third = on_a
+        .mint(mint_request("thread-3"))
+        .await
+        .unwrap()
+        .into_inner();
+    drop((on_a, a));
+    let a = authority(&redis, &[]);
+    let mut on_a = client(&a).await;
+    assert!(resolve(&mut on_a, &third.token).await.is_ok());
 }
 
 /// Catches: a Resolve that costs more than one Redis command (a GET then
@@ -269,4 +280,153 @@ async fn the_redis_password_is_used_and_never_logged() {
     let mut caller = client(&second).await;
     assert!(resolve(&mut caller, &minted.token).await.is_ok());
     assert!(!second.log().contains(password), "{}", second.log());
+}
+
+/// Catches: deadlines computed from the authority's own clock (replicas
+/// whose clocks differ would disagree on who is idle) instead of Redis's
+/// `TIME`. One authority runs under faketime seven minutes ahead.
+#[tokio::test]
+async fn authorities_with_skewed_clocks_agree_on_deadlines() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let flags = [
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--idle-timeout",
+        "5m",
+    ];
+    let honest = Server::start(&flags);
+    let ahead = Server::start_under(&["faketime", "-f", "+7m"], &flags);
+    let (mut on_honest, mut on_ahead) = (client(&honest).await, client(&ahead).await);
+    let millis = |t: Option<prost_types::Timestamp>| {
+        let t = t.expect("a deadline");
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+    };
+
+    // The skew is real: the wrapped authority's own log runs ahead.
+    let logged = ahead.log();
+    let first_stamp = logged
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let now_text = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    assert!(
+        first_stamp[..16] > now_text[..16],
+        "faketime moves the authority's clock: {first_stamp} vs {now_text}"
+    );
+
+    // Minted by the honest one, renewed by the one ahead: a renewal by its
+    // own clock would move the idle deadline seven minutes on.
+    let minted = on_honest
+        .mint(mint_request("t"))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = resolve(&mut on_ahead, &minted.token).await.unwrap();
+    let drift = millis(seen.idle_expires_at) - millis(minted.idle_expires_at);
+    assert!(
+        (0..60_000).contains(&drift),
+        "both answer Redis's deadlines (the skew is 7 minutes): {drift} ms apart"
+    );
+    // Minted by the one ahead: born at Redis's time, not seven minutes on.
+    let minted = on_ahead
+        .mint(mint_request("t2"))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = resolve(&mut on_honest, &minted.token).await.unwrap();
+    assert!(millis(seen.created_at) <= millis(seen.idle_expires_at) - 5 * 60_000 + 60_000);
+    let created_after = millis(seen.created_at)
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+    assert!(
+        created_after < 60_000,
+        "created {created_after} ms in the future"
+    );
+}
+
+/// Catches: a revocation acknowledged before a replica has it, so that a
+/// failover brings a revoked token back (or loses an acknowledged Mint).
+/// With `--redis-min-replicas 1`, the primary is killed under traffic and
+/// its replica promoted; a second authority on the promoted replica must
+/// see every acknowledged change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_brings_back_nothing_revoked() {
+    let mut primary = RedisServer::start(&[]);
+    let replica_of = primary.port.to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &replica_of]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !replica
+        .cli(&["INFO", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = authority(
+        &primary,
+        &["--redis-min-replicas", "1", "--redis-timeout", "500ms"],
+    );
+    let mut caller = client(&first).await;
+
+    // Mint, revoke every other one, until the primary dies under it.
+    let mut live = Vec::new();
+    let mut revoked = Vec::new();
+    let traffic = {
+        let mut caller = caller.clone();
+        tokio::spawn(async move {
+            let (mut live, mut revoked) = (Vec::new(), Vec::new());
+            for i in 0..400 {
+                let Ok(minted) = caller.mint(mint_request(&format!("t-{i}"))).await else {
+                    break;
+                };
+                let minted = minted.into_inner();
+                if i % 2 == 0 {
+                    live.push(minted.token);
+                    continue;
+                }
+                let request = pb::RevokeCredentialRequest {
+                    credential_id: minted.credential_id.clone(),
+                };
+                match caller.revoke_credential(request).await {
+                    Ok(_) => revoked.push(minted.token),
+                    Err(_) => break,
+                }
+            }
+            (live, revoked)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    primary.kill();
+    let (acked_live, acked_revoked) = traffic.await.unwrap();
+    live.extend(acked_live);
+    revoked.extend(acked_revoked);
+    assert!(
+        live.len() > 5 && revoked.len() > 5,
+        "traffic ran before the kill"
+    );
+    let refused = caller.mint(mint_request("after")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+    let second = authority(&replica, &[]);
+    let mut caller = client(&second).await;
+    for token in &revoked {
+        let status = resolve(&mut caller, token).await.unwrap_err();
+        assert_eq!(
+            reason(&status),
+            "TOKEN_REVOKED",
+            "a revoked token came back"
+        );
+    }
+    for token in &live {
+        resolve(&mut caller, token)
+            .await
+            .expect("an acknowledged Mint survives the failover");
+    }
 }
