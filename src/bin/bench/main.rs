@@ -9,6 +9,7 @@
 
 mod durable_bench;
 mod network_bench;
+mod redis_bench;
 mod report;
 mod store_bench;
 
@@ -66,6 +67,9 @@ struct Args {
     /// Skip the gRPC and Redis figures.
     #[arg(long)]
     no_network: bool,
+    /// Only the Redis backend's figures (for a quick look at them).
+    #[arg(long)]
+    only_redis: bool,
     /// The server binary; defaults to `credential-authority` next to this one.
     #[arg(long)]
     server: Option<PathBuf>,
@@ -105,9 +109,25 @@ fn main() -> anyhow::Result<()> {
             rounds: args.rounds,
             rps_per_connection: None,
         };
-        network_bench::run(&server, load, &mut report)?;
+        if !args.only_redis {
+            network_bench::run(&server, load, &mut report)?;
+        }
+        // RevokeAll at 1K and at 1M live (the sizes), or the
+        // largest size below 1M.
+        let live = args
+            .sizes
+            .iter()
+            .copied()
+            .filter(|&s| s <= 1_000_000)
+            .max()
+            .unwrap_or(1_000);
+        let work = std::env::temp_dir().join(format!("ca-bench-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        let result = redis_bench::run(&server, load, &work, live, &mut report);
+        let _ = std::fs::remove_dir_all(&work);
+        result?;
     }
-    if !args.no_store {
+    if !args.no_store && !args.only_redis {
         let plan = StorePlan {
             ops: args.ops,
             batch: args.batch,

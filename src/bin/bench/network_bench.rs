@@ -45,7 +45,7 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.connections * self.streams
     }
 }
@@ -72,7 +72,7 @@ pub(crate) fn machine() -> String {
 /// A child process stopped when dropped, so a failed run leaves nothing
 /// behind: SIGTERM first (the server then drains and writes its last log
 /// lines), SIGKILL if it has not exited within a few seconds.
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -94,8 +94,8 @@ impl Drop for Reaped {
 
 /// One h2load or redis-benchmark round.
 #[derive(Debug, Clone, Copy)]
-struct Round {
-    ops_per_sec: f64,
+pub(crate) struct Round {
+    pub(crate) ops_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
 }
@@ -115,10 +115,10 @@ pub(crate) fn run(server_bin: &Path, load: Load, report: &mut Report) -> anyhow:
 }
 
 /// The path of Resolve.
-const RESOLVE: &str = "/credential_authority.v1.CredentialAuthority/Resolve";
+pub(crate) const RESOLVE: &str = "/credential_authority.v1.CredentialAuthority/Resolve";
 
 /// The Resolve frame presenting `token`.
-fn resolve_frame(token: &str) -> Vec<u8> {
+pub(crate) fn resolve_frame(token: &str) -> Vec<u8> {
     grpc_frame(
         &ResolveRequest {
             token: token.to_owned(),
@@ -302,7 +302,7 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
 }
 
 /// Mints the credential the Resolve load presents.
-async fn mint_token(server: &Target) -> anyhow::Result<String> {
+pub(crate) async fn mint_token(server: &Target) -> anyhow::Result<String> {
     let mut client = server.client().await?;
     let minted = client
         .mint(MintRequest {
@@ -317,16 +317,16 @@ async fn mint_token(server: &Target) -> anyhow::Result<String> {
 }
 
 /// One measured call: a request frame sent to a path of a server.
-struct Call<'a> {
-    name: &'a str,
-    target: &'a Target,
-    path: &'a str,
-    frame: Vec<u8>,
+pub(crate) struct Call<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) target: &'a Target,
+    pub(crate) path: &'a str,
+    pub(crate) frame: Vec<u8>,
 }
 
 /// Runs h2load rounds over `calls`, alternating so that drift hits them
 /// alike; the median round of each becomes a figure in `scope`.
-fn measure_calls(
+pub(crate) fn measure_calls(
     calls: &[Call<'_>],
     load: Load,
     work: &Path,
@@ -473,7 +473,7 @@ fn network_checks(report: &mut Report, scope: &str, fixed_scope: &str, load: Loa
 }
 
 /// The round with the median throughput, as a figure.
-fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) -> Figure {
+pub(crate) fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) -> Figure {
     let mut sorted = rounds.to_vec();
     sorted.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
     let chosen = sorted[sorted.len() / 2];
@@ -489,7 +489,7 @@ fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &[Round]) ->
 
 /// A server under load: its process, address, log and the caller key the
 /// load presents (none when it runs without caller authentication).
-struct Target {
+pub(crate) struct Target {
     _process: Reaped,
     addr: SocketAddr,
     log: PathBuf,
@@ -533,7 +533,7 @@ impl Target {
 /// Starts the release server on an ephemeral loopback port with its own
 /// state directory under `work`, logging (as shipped, one line per RPC) to
 /// `work/NAME.log`.
-fn start_server(
+pub(crate) fn start_server(
     bin: &Path,
     work: &Path,
     name: &str,
@@ -627,7 +627,7 @@ fn lift_quotas(state_dir: &Path, log_path: &Path, pid: u32) -> anyhow::Result<()
 }
 
 /// A gRPC length-prefixed message frame (uncompressed).
-fn grpc_frame(message: &[u8]) -> Vec<u8> {
+pub(crate) fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(5 + message.len());
     frame.push(0);
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -784,7 +784,7 @@ fn redis_rounds(load: Load, work: &Path) -> anyhow::Result<Vec<Round>> {
     Ok(rounds)
 }
 
-fn redis_cli(port: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn redis_cli(port: &str, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", port])
         .args(args)
