@@ -181,6 +181,37 @@ pub(crate) fn run(
         bail!("redis-benchmark failed");
     }
     let getex_usec = real.usec_per_call("getex")?;
+    // The floor of any function: an FCALL that does nothing, the same way.
+    redis_cli(
+        &real.port,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "REPLACE",
+            "#!lua name=bench_floor\nredis.register_function('bench_nothing', function() return 0 end)",
+        ],
+    )?;
+    redis_cli(&real.port, &["CONFIG", "RESETSTAT"])?;
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &real.port])
+        .args(["-c", &load.in_flight().to_string()])
+        .args(["-n", &load.requests.to_string()])
+        .args(["-q", "FCALL", "bench_nothing", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run redis-benchmark")?;
+    if !output.status.success() {
+        bail!("redis-benchmark failed");
+    }
+    let floor_usec = real.usec_per_call("fcall")?;
+    report.figures.push(Figure {
+        scope: "Redis server-side, INFO commandstats".into(),
+        what: "an FCALL of a function that does nothing (the floor), usec_per_call".into(),
+        parallelism: load.in_flight(),
+        ops_per_sec: 1e6 / floor_usec,
+        p50_us: Some(floor_usec),
+        p99_us: None,
+    });
     report.figures.push(Figure {
         scope: "Redis server-side, INFO commandstats".into(),
         what: "Resolve function (FCALL ca_resolve), usec_per_call".into(),
@@ -273,9 +304,9 @@ async fn revoke_all_at(redis: &Redis, live: usize) -> anyhow::Result<Vec<(usize,
 }
 
 /// Awaits every future of `futures`, concurrently, in order.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
@@ -321,7 +352,7 @@ fn checks(
     );
     if let [(small, small_s), (large, large_s)] = revoke_all {
         report.check(
-            &format!("RevokeAll on the Redis store: {large} live costs what {small} live does"),
+            format!("RevokeAll on the Redis store: {large} live costs what {small} live does"),
             format!(
                 "{:.2}x ({:.0} µs vs {:.0} µs)",
                 large_s / small_s,
