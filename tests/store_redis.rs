@@ -430,3 +430,55 @@ async fn a_failover_brings_back_nothing_revoked() {
             .expect("an acknowledged Mint survives the failover");
     }
 }
+
+/// Catches: a Redis-backed server that answers grpcurl differently from the
+/// embedded one (a reason or cause lost on the way through Redis, an
+/// ErrorInfo that reflection cannot decode).
+#[tokio::test]
+async fn grpcurl_mints_resolves_and_sees_the_revocation_on_redis() {
+    use common::grpcurl::{call, failed, ok};
+    let redis = RedisServer::start(&[]);
+    let server = authority(&redis, &[]);
+    let minted = ok(call(
+        &server,
+        "Mint",
+        r#"{"thread_id":"thread-g","provider_instance_id":"claude-1","scopes":["read"]}"#,
+    ));
+    let token = minted["token"].as_str().unwrap();
+    let resolved = ok(call(
+        &server,
+        "Resolve",
+        &format!(r#"{{"token":"{token}","required_scope":"read"}}"#),
+    ));
+    assert_eq!(resolved["threadId"], "thread-g");
+    assert_eq!(resolved["credentialId"], minted["credentialId"]);
+    ok(call(&server, "RevokeThread", r#"{"thread_id":"thread-g"}"#));
+    let details = failed(
+        call(&server, "Resolve", &format!(r#"{{"token":"{token}"}}"#)),
+        16,
+        "TOKEN_REVOKED",
+    );
+    let info = common::grpcurl::error_info(&details);
+    assert_eq!(info["metadata"]["revocation_cause"], "thread");
+}
+
+/// Catches: starting on a Redis Cluster node, where every Mint would then
+/// fail (its function is flagged `no-cluster`), instead of refusing at
+/// start with the reason.
+#[test]
+fn refuses_a_redis_cluster_node_at_start() {
+    let redis = RedisServer::start(&["--cluster-enabled", "yes"]);
+    let state = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let out = serve_command(
+        &["--listen", "127.0.0.1:0"],
+        &state.path().join("state"),
+        &["--store", "redis", "--redis-url", &url],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("Redis Cluster node"), "{log}");
+}

@@ -101,6 +101,16 @@ pub enum RedisOpenError {
         /// Its policy.
         policy: String,
     },
+    /// A Redis Cluster node: this release's functions need one Redis (or a
+    /// primary and its replicas).
+    #[error(
+        "Redis at {server} is a Redis Cluster node: this release runs on a standalone Redis \
+         (or a primary with replicas, see --redis-min-replicas); Cluster support is not there yet"
+    )]
+    Cluster {
+        /// The server, without credentials.
+        server: String,
+    },
     /// The functions could not be loaded.
     #[error("cannot load the credential functions into Redis at {server}: {reason}")]
     Library {
@@ -189,6 +199,14 @@ impl RedisStore {
         let policy = policy.get(1).cloned().unwrap_or_default();
         if policy != "noeviction" {
             return Err(RedisOpenError::Evicting { server, policy });
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut connection)
+            .await
+            .map_err(unreachable)?;
+        if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+            return Err(RedisOpenError::Cluster { server });
         }
         load_library(&mut connection)
             .await
