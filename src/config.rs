@@ -366,6 +366,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDENTIAL_AUTHORITY_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
 
+    /// CA certificates (PEM) the `rediss://` server must chain to, instead
+    /// of the system's roots.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+
     /// Every Mint and revocation waits (WAIT) for this many Redis replicas
     /// to have it; fewer within --redis-timeout fails UNAVAILABLE.
     #[arg(
@@ -468,6 +473,7 @@ impl ServeArgs {
                     .transpose()?,
                 min_replicas: self.redis_min_replicas,
                 timeout: self.redis_timeout,
+                tls_ca: self.redis_tls_ca.as_ref().map(std::fs::read).transpose()?,
             }),
             StoreKind::Embedded => {
                 let dir = self

@@ -2,7 +2,7 @@
 //! logging, binds the listeners and hands over to [`server::run`]; or runs
 //! a `callers` command.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -99,13 +99,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = ServerSettings {
         store: args.store_config(),
         storage: args.storage(&state_dir).with_context(|| {
-            format!(
-                "cannot read --redis-password-file {}",
-                args.redis_password_file
-                    .as_deref()
-                    .unwrap_or(Path::new(""))
-                    .display()
-            )
+            let files: Vec<String> = [&args.redis_password_file, &args.redis_tls_ca]
+                .into_iter()
+                .flatten()
+                .map(|path| path.display().to_string())
+                .collect();
+            format!("cannot read {}", files.join(" or "))
         })?,
         shutdown_grace: args.shutdown_grace,
         callers,

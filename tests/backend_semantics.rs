@@ -83,6 +83,7 @@ impl Harness {
                 password: None,
                 min_replicas: 0,
                 timeout: Duration::from_secs(5),
+                tls_ca: None,
             },
             config,
             shared.clone(),

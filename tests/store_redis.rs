@@ -145,6 +145,7 @@ async fn resolve_is_one_redis_command() {
             password: None,
             min_replicas: 0,
             timeout: Duration::from_secs(5),
+            tls_ca: None,
         },
         StoreConfig::default(),
         clock,
@@ -481,4 +482,69 @@ fn refuses_a_redis_cluster_node_at_start() {
     let log =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("Redis Cluster node"), "{log}");
+}
+
+/// Catches: `rediss://` that does not verify the server (a certificate of
+/// an unknown CA accepted) or that cannot use a private CA.
+#[tokio::test]
+async fn rediss_verifies_the_server_against_the_given_ca() {
+    use common::tls::{ca, server_identity};
+    let pki = tempfile::tempdir().unwrap();
+    let authority_ca = ca("test Redis CA");
+    let identity = server_identity(&authority_ca);
+    let (cert, key, ca_file) = (
+        pki.path().join("redis.pem"),
+        pki.path().join("redis.key"),
+        pki.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, &identity.cert).unwrap();
+    std::fs::write(&key, &identity.key).unwrap();
+    std::fs::write(&ca_file, authority_ca.pem()).unwrap();
+    let tls_port = common::redis::free_port().to_string();
+    let redis = RedisServer::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca_file.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let server = Server::start(&[
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-tls-ca",
+        ca_file.to_str().unwrap(),
+    ]);
+    let mut caller = client(&server).await;
+    let minted = caller.mint(mint_request("t")).await.unwrap().into_inner();
+    assert!(resolve(&mut caller, &minted.token).await.is_ok());
+    let _ = &redis;
+
+    // Without the CA, the same server is not trusted: refused at start.
+    let state = tempfile::tempdir().unwrap();
+    let out = serve_command(
+        &["--listen", "127.0.0.1:0"],
+        &state.path().join("state"),
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            &url,
+            "--redis-timeout",
+            "2s",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "an unknown CA was trusted");
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("cannot reach Redis"), "{log}");
 }

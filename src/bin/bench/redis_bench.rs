@@ -257,6 +257,7 @@ async fn revoke_all_at(redis: &Redis, live: usize) -> anyhow::Result<Vec<(usize,
         password: None,
         min_replicas: 0,
         timeout: Duration::from_secs(30),
+        tls_ca: None,
     };
     let backend = Backend::from(RedisStore::connect(options, config, clock, None).await?);
     let mut held = 0;

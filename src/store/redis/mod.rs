@@ -52,6 +52,9 @@ pub struct RedisOptions {
     pub min_replicas: u32,
     /// How long one command may take before the call fails as unavailable.
     pub timeout: Duration,
+    /// The CA certificates (PEM) a `rediss://` server must chain to,
+    /// instead of the system's roots (a private CA).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -178,7 +181,17 @@ impl RedisStore {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(|e| RedisOpenError::Url(e.to_string()))?;
+        let client = match &options.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| RedisOpenError::Url(e.to_string()))?;
         let unreachable = |e: RedisError| RedisOpenError::Unreachable {
             server: server.clone(),
             reason: e.to_string(),
