@@ -186,6 +186,7 @@ on_every_backend! {
     revoke_thread_ends_that_thread_only_within_reach => config();
     replace_previous_revokes_the_instance_earlier_credential => config();
     revoke_all_names_each_scope => config();
+    revoke_all_of_one_callers_instance_spares_the_rest => config();
     a_death_before_revoke_all_keeps_its_reason => config();
     minting_after_revoke_all_works => config();
     tombstones_say_why_until_their_retention => StoreConfig { tombstone_retention: DAY, ..config() };
@@ -412,6 +413,42 @@ async fn revoke_all_names_each_scope(h: Harness) {
         h.death(&a_i).await,
         revoked(RevocationCause::ProviderInstance),
         "the first revocation names the cause"
+    );
+}
+
+/// Catches: a (caller, instance) RevokeAll that reaches the caller's other
+/// instances or another caller's credentials of the same instance, or
+/// names a cause other than `provider_instance`.
+async fn revoke_all_of_one_callers_instance_spares_the_rest(h: Harness) {
+    let (mine, _) = h.mint("t1", "i").await;
+    let (my_other, _) = h.mint("t2", "j").await;
+    let (admins, _) = h
+        .mint_with(NewCredential {
+            minted_by: "admin",
+            reach: Reach::All,
+            ..new("t3", "i")
+        })
+        .await
+        .unwrap();
+    let ended = h
+        .backend
+        .revoke_all(RevokeAllTarget::MintedByForInstance {
+            minted_by: "adapter-a",
+            provider_instance_id: "i",
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended, 1);
+    assert_eq!(
+        h.death(&mine).await,
+        revoked(RevocationCause::ProviderInstance)
+    );
+    assert!(h.resolve(&my_other, None).await.is_ok());
+    assert!(h.resolve(&admins, None).await.is_ok());
+    let (again, _) = h.mint("t1", "i").await;
+    assert!(
+        h.resolve(&again, None).await.is_ok(),
+        "minted after it: live"
     );
 }
 
