@@ -30,6 +30,7 @@ pub(super) fn unreadable() -> Rejection {
     }
 }
 
+/// The reply as an array: every function answers one.
 pub(super) fn array(value: &Value) -> Result<&[Value], Rejection> {
     match value {
         Value::Array(items) => Ok(items),
@@ -37,10 +38,12 @@ pub(super) fn array(value: &Value) -> Result<&[Value], Rejection> {
     }
 }
 
+/// The reply's first element: which answer it is.
 pub(super) fn tag(parts: &[Value]) -> Result<&str, Rejection> {
     text(parts, 0)
 }
 
+/// Element `at` as UTF-8 text.
 pub(super) fn text(parts: &[Value], at: usize) -> Result<&str, Rejection> {
     match parts.get(at) {
         Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).map_err(|_| unreadable()),
@@ -49,6 +52,7 @@ pub(super) fn text(parts: &[Value], at: usize) -> Result<&str, Rejection> {
     }
 }
 
+/// An integer reply, or a number sent as text.
 pub(super) fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
@@ -57,6 +61,7 @@ pub(super) fn integer(value: &Value) -> Option<i64> {
     }
 }
 
+/// Element `at` as a non-negative integer (times, counts, limits).
 pub(super) fn number(parts: &[Value], at: usize) -> Result<u64, Rejection> {
     parts
         .get(at)
@@ -65,10 +70,13 @@ pub(super) fn number(parts: &[Value], at: usize) -> Result<u64, Rejection> {
         .ok_or_else(unreadable)
 }
 
+/// Element `at` as a credential id.
 pub(super) fn id_at(parts: &[Value], at: usize) -> Result<CredentialId, Rejection> {
     CredentialId::parse(text(parts, at)?).ok_or_else(unreadable)
 }
 
+/// A live answer: `L`, id, thread, instance, kind, owner, created,
+/// expires, idle, scopes (`\n`-separated), labels (`key\tvalue\n`).
 pub(super) fn live_reply(parts: &[Value]) -> Result<LiveReply, Rejection> {
     let scopes = text(parts, 9)?
         .split('\n')
@@ -99,6 +107,7 @@ pub(super) fn live_reply(parts: &[Value]) -> Result<LiveReply, Rejection> {
     })
 }
 
+/// A death reason by the name the functions use.
 pub(super) fn reason(name: &str) -> Result<DeathReason, Rejection> {
     Ok(match name {
         "idle" => DeathReason::IdleTimeout,
@@ -113,6 +122,7 @@ pub(super) fn reason(name: &str) -> Result<DeathReason, Rejection> {
     })
 }
 
+/// A dead answer: `D`, reason, id, thread, owner.
 pub(super) fn dead_reply(parts: &[Value]) -> Result<DeadCredential, Rejection> {
     Ok(DeadCredential {
         reason: reason(text(parts, 1)?)?,
