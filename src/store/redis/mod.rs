@@ -306,14 +306,16 @@ impl RedisStore {
         }
     }
 
-    fn time_arg(&self) -> String {
+    /// The time argument of every function: '' for Redis's own `TIME`.
+    pub(super) fn time_arg(&self) -> String {
         match &self.shared.time {
             TimeSource::Redis => String::new(),
             TimeSource::Local(clock) => clock.now().to_string(),
         }
     }
 
-    fn retention(&self) -> u64 {
+    /// The tombstone retention in ms (at least 1), for the TTLs.
+    pub(super) fn retention(&self) -> u64 {
         self.shared
             .config
             .tombstone_retention
@@ -343,6 +345,7 @@ async fn load_library(connection: &mut ConnectionManager) -> Result<(), RedisErr
         .map(|_| ())
 }
 
+/// Whether Redis no longer has our functions (flushed, or a fresh server).
 fn is_missing_function(error: &RedisError) -> bool {
     error.kind() == ErrorKind::Server(redis::ServerErrorKind::ResponseError)
         && error.to_string().contains("Function not found")
