@@ -548,3 +548,42 @@ async fn rediss_verifies_the_server_against_the_given_ca() {
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("cannot reach Redis"), "{log}");
 }
+
+/// Catches: a bucket layout that piles keys onto one Cluster master (too
+/// few buckets, or tags that hash alike): with the three-master split
+/// `redis-cli --cluster create` makes (slots 0-5460, 5461-10922,
+/// 10923-16383), no master may hold more than half of the credentials.
+/// Credentials spread evenly over the buckets (the tag is taken from a
+/// SHA-256), so a master's share of buckets is its share of keys. Redis
+/// itself computes each tag's slot (`CLUSTER KEYSLOT`).
+#[test]
+fn the_buckets_spread_over_three_cluster_masters() {
+    let node = RedisServer::start(&["--cluster-enabled", "yes"]);
+    let mut per_master = [0u32; 3];
+    for bucket in 0..64u8 {
+        let digest = (0..100_000)
+            .map(|_| Token::generate().digest())
+            .find(|d| d.as_bytes()[0] >> 2 == bucket)
+            .expect("a digest in every bucket");
+        let slot: u32 = node
+            .cli(&["CLUSTER", "KEYSLOT", &credential_key_of(&digest)])
+            .trim()
+            .parse()
+            .unwrap();
+        per_master[match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        }] += 1;
+    }
+    assert!(
+        per_master.iter().all(|&n| n <= 32),
+        "buckets per master: {per_master:?}"
+    );
+    assert!(per_master.iter().all(|&n| n > 0), "{per_master:?}");
+}
+
+/// The key name of a credential, as the backend builds it.
+fn credential_key_of(digest: &credential_authority::token::TokenDigest) -> String {
+    credential_authority::store::redis::credential_key(digest)
+}

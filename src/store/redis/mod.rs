@@ -65,6 +65,13 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
+/// The Redis key of the credential whose token has `digest` (for tests of
+/// the layout).
+#[doc(hidden)]
+pub fn credential_key(digest: &crate::token::TokenDigest) -> String {
+    keys::credential(digest)
+}
+
 /// The URL without its user information, for logs.
 pub fn redacted_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
