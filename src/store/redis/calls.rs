@@ -25,6 +25,7 @@ impl RedisStore {
                 fcall("ca_prune", &[])
                     .arg(self.time_arg())
                     .arg(PRUNE_BATCH)
+                    .arg(self.retention())
                     .to_owned(),
             )
             .await?;
@@ -337,6 +338,7 @@ impl RedisStore {
                     .arg(kind)
                     .arg(owner)
                     .arg(instance)
+                    .arg(self.retention())
                     .to_owned(),
             )
             .await?;

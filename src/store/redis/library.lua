@@ -13,7 +13,7 @@
 --   ca:g                  HASH  the master copy (names of the count keys)
 --   ca:epoch              STRING  RevokeAll's epoch counter
 --   ca:t:<h(thread)>      ZSET  the thread's listed credentials by mint time
---   ca:td:<h(thread)>     HASH  the thread's newest death
+--   ca:td:<h(thread)>     HASH  the thread's newest death of each caller
 --   ca:ic:<h(instance)>   HASH  the callers that claim an instance
 --   ca:all:<A>            ZSET  listed credentials, scored by earliest death
 --   ca:o:<h(owner)>:<A>:<O>  ZSET  the same, one caller's
@@ -97,37 +97,39 @@ local function death(r, now, gens)
   return nil
 end
 
--- Takes a dead credential out of the thread, the quotas and the budgets, once.
-local function unlist(key, digest)
-  local l = redis.call('HMGET', key, 'u', 'st', 'so', 'sa', 'cn', 'cp', 'bk', 'by')
-  if l[1] == '1' or not l[2] then return end
-  redis.call('ZREM', l[2], digest)
-  redis.call('ZREM', l[3], digest)
-  redis.call('ZREM', l[4], digest)
-  for _, counter in ipairs({l[5], l[6]}) do
-    if redis.call('DECR', counter) <= 0 then redis.call('DEL', counter) end
-  end
-  if redis.call('DECRBY', l[7], tonumber(l[8])) <= 0 then redis.call('DEL', l[7]) end
-  redis.call('HSET', key, 'u', '1')
-end
-
--- Remembers the thread's newest death (by mint time), for Touch by thread.
+-- Remembers the thread's newest death (by mint time) of each caller, for
+-- Touch by thread: a caller sees the newest death of its own credentials.
 local function thread_death(tomb, r, reason, retention)
-  local newest = tonumber(redis.call('HGET', tomb, 'cr') or '-1')
-  if r.cr >= newest then
-    redis.call('HSET', tomb, 'cr', r.cr, 'id', r.id, 'rs', reason, 'ow', r.ow)
+  local known = redis.call('HGET', tomb, r.ow)
+  if not known or cmsgpack.unpack(known) <= r.cr then
+    redis.call('HSET', tomb, r.ow, cmsgpack.pack(r.cr, reason, r.id))
   end
   redis.call('PEXPIRE', tomb, retention)
 end
 
+-- Takes a dead credential out of the thread, the quotas and the budgets,
+-- once, and records it as its thread's newest death of its caller (as the
+-- embedded store's removals do, whatever removes it).
+local function unlist(key, digest, r, reason, retention)
+  local l = redis.call('HMGET', key, 'u', 'st', 'so', 'sa', 'cn', 'cp', 'bk', 'by')
+  if l[1] == '1' or not l[2] then return end
+  thread_death('ca:td:' .. string.sub(l[2], 6), r, reason, retention)
+  redis.call('ZREM', l[2], digest)
+  redis.call('ZREM', l[3], digest)
+  redis.call('ZREM', l[4], digest)
+  redis.call('ZREM', l[6], digest)
+  if redis.call('DECR', l[5]) <= 0 then redis.call('DEL', l[5]) end
+  if redis.call('DECRBY', l[7], tonumber(l[8])) <= 0 then redis.call('DEL', l[7]) end
+  redis.call('HSET', key, 'u', '1')
+end
+
 -- Ends a live credential by an explicit revocation (credential, thread,
 -- replaced): its hash becomes a tombstone for `retention`.
-local function revoke(key, digest, r, cause, now, retention, tomb)
+local function revoke(key, digest, r, cause, now, retention)
   redis.call('HSET', key, 'dr', cause, 'dt', now)
   redis.call('PEXPIRE', key, retention)
   redis.call('PEXPIRE', id_key(bucket_of(digest), r.id), retention)
-  unlist(key, digest)
-  thread_death(tomb, r, cause, retention)
+  unlist(key, digest, r, cause, retention)
 end
 
 -- How much longer than needed a renewal sets the TTL, so that most renewals
@@ -208,7 +210,7 @@ end
 
 -- Checks up to `limit` listed credentials of `set` whose earliest death is
 -- due: the dead are unlisted, the live rescored by their next deadline.
-local function prune_due(set, now, limit)
+local function prune_due(set, now, limit, retention)
   local due = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
   for _, digest in ipairs(due) do
     local key = cred_key(digest)
@@ -218,7 +220,7 @@ local function prune_due(set, now, limit)
     else
       local reason = death(r, now, gens_key(bucket_of(digest)))
       if reason then
-        unlist(key, digest)
+        unlist(key, digest, r, reason, retention)
       else
         local _, idle = deadlines(r, r.lu)
         redis.call('ZADD', set, idle, digest)
@@ -267,7 +269,8 @@ local function mint(keys, a)
     if other ~= ho then
       local other_owner = redis.call('HGET', claims, other)
       local held = count_keys(other, hi).pair
-      if tonumber(redis.call('GET', held) or '0') <= 0 then
+      prune_due(held, now, 64, retention)
+      if redis.call('ZCARD', held) == 0 then
         redis.call('HDEL', claims, other)
       elseif not covers(reach, other_owner) then
         return {'N'}
@@ -287,8 +290,7 @@ local function mint(keys, a)
       else
         local reason = death(r, now, gens_key(bucket_of(digest)))
         if reason then
-          unlist(ckey, digest)
-          thread_death(tomb, r, reason, retention)
+          unlist(ckey, digest, r, reason, retention)
         else
           live = live + 1
           if replace and r['in'] == inst then
@@ -304,11 +306,11 @@ local function mint(keys, a)
   if live - #replaced >= thread_limit then return {'T', thread_limit} end
   local counts = count_keys(ho, hi)
   if quota ~= '' then
-    prune_due(counts.owner, now, 64)
+    prune_due(counts.owner, now, 64, retention)
     local held = redis.call('ZCARD', counts.owner) - replaced_mine
     if held >= tonumber(quota) then return {'Q', quota} end
   end
-  prune_due(counts.all, now, 16)
+  prune_due(counts.all, now, 16, retention)
   local held = redis.call('ZCARD', counts.all) - #replaced
   if held + 1 > max_creds then return {'B', 'credentials', max_creds} end
   local held_bytes = tonumber(redis.call('GET', counts.bytes) or '0') - replaced_bytes
@@ -316,7 +318,7 @@ local function mint(keys, a)
   -- The commit: nothing below refuses. The replaced go first, so the old and
   -- new credentials never both work.
   for _, old in ipairs(replaced) do
-    revoke(old[1], old[2], old[3], 'replaced', now, retention, tomb)
+    revoke(old[1], old[2], old[3], 'replaced', now, retention)
   end
   local digest = string.sub(key, -64)
   local epoch = redis.call('HGET', gens, 'n') or '0'
@@ -336,7 +338,7 @@ local function mint(keys, a)
   redis.call('ZADD', counts.all, idle, digest)
   redis.call('INCRBY', counts.bytes, bytes)
   redis.call('INCR', counts.inst)
-  redis.call('INCR', counts.pair)
+  redis.call('ZADD', counts.pair, idle, digest)
   if a[22] == '1' then redis.call('HSET', claims, ho, owner) end
   return {'OK', now, expires, idle, #replaced}
 end
@@ -363,7 +365,7 @@ local function touch_credential(keys, a)
   return {'L', r.id, expires, idle}
 end
 
--- KEYS: id key, thread tomb prefix unused. ARGV: now, reach, retention.
+-- KEYS: id key. ARGV: now, reach, retention.
 local function revoke_credential(keys, a)
   local now, reach, retention = now_ms(a[1]), a[2], tonumber(a[3])
   local key, digest, r = by_id(keys[1])
@@ -371,12 +373,11 @@ local function revoke_credential(keys, a)
   if not covers(reach, r.ow) then return {'N'} end
   local reason, since = death(r, now, gens_key(bucket_of(digest)))
   if reason then
-    unlist(key, digest)
+    unlist(key, digest, r, reason, retention)
     if since + retention <= now then return {'U'} end
     return {'0', r.th}
   end
-  local tomb = 'ca:td:' .. string.sub(redis.call('HGET', key, 'st'), 6)
-  revoke(key, digest, r, 'credential', now, retention, tomb)
+  revoke(key, digest, r, 'credential', now, retention)
   return {'1', r.th, r['in']}
 end
 
@@ -401,11 +402,10 @@ local function thread_call(keys, a)
           out_of_reach_live = true
         end
       elseif reason then
-        unlist(key, digest)
-        thread_death(tomb, r, reason, retention)
+        unlist(key, digest, r, reason, retention)
         if since + retention > now then newest_death = {r.cr, reason, r.id, r.th, r.ow} end
       elseif mode == 'revoke' then
-        revoke(key, digest, r, 'thread', now, retention, tomb)
+        revoke(key, digest, r, 'thread', now, retention)
         revoked = revoked + 1
       else
         local expires, idle = renew(key, digest, r, now, retention)
@@ -421,9 +421,16 @@ local function thread_call(keys, a)
   if mode == 'revoke' then return {'R', revoked, not_owned} end
   if total > 0 then return {'L', total, touched} end
   if out_of_reach_live then return {'N'} end
-  local t = redis.call('HMGET', tomb, 'cr', 'rs', 'id', 'ow')
-  if t[1] and covers(reach, t[4]) and (newest_death == nil or tonumber(t[1]) > newest_death[1]) then
-    return {'D', t[2], t[3], '', t[4]}
+  local deaths = redis.call('HGETALL', tomb)
+  local best = nil
+  for i = 1, #deaths, 2 do
+    if covers(reach, deaths[i]) then
+      local cr, rs, id = cmsgpack.unpack(deaths[i + 1])
+      if best == nil or cr > best[1] then best = {cr, rs, id, deaths[i]} end
+    end
+  end
+  if best and (newest_death == nil or best[1] > newest_death[1]) then
+    return {'D', best[2], best[3], '', best[4]}
   end
   if newest_death then
     return {'D', newest_death[2], newest_death[3], newest_death[4], newest_death[5]}
@@ -433,29 +440,30 @@ end
 
 -- KEYS: the master generations, then every bucket's copy.
 -- ARGV: now, scope kind ('a' everything, 'o' a caller, 'i' an instance,
--- 'p' a caller's instance), h(owner) or '', h(instance) or ''.
+-- 'p' a caller's instance), h(owner) or '', h(instance) or '', retention ms.
 -- Writes every copy before it returns: constant time in the number of
 -- credentials, linear in the fixed number of buckets. Answers how many
 -- listed credentials the scope held: an upper bound of the live ones it
 -- ended (one that died unnoticed is listed until the pruner finds it).
 local function revoke_all(keys, a)
-  local now, kind, ho, hi = now_ms(a[1]), a[2], a[3], a[4]
+  local now, kind, ho, hi, retention = now_ms(a[1]), a[2], a[3], a[4], tonumber(a[5])
   local counts = count_keys(ho, hi)
   local field, count
   if kind == 'a' then
     field = 'a'
-    prune_due(counts.all, now, 256)
+    prune_due(counts.all, now, 256, retention)
     count = redis.call('ZCARD', counts.all)
   elseif kind == 'o' then
     field = 'o:' .. ho
-    prune_due(counts.owner, now, 256)
+    prune_due(counts.owner, now, 256, retention)
     count = redis.call('ZCARD', counts.owner)
   elseif kind == 'i' then
     field = 'i:' .. hi
     count = tonumber(redis.call('GET', counts.inst) or '0')
   else
     field = 'p:' .. ho .. ':' .. hi
-    count = tonumber(redis.call('GET', counts.pair) or '0')
+    prune_due(counts.pair, now, 256, retention)
+    count = redis.call('ZCARD', counts.pair)
   end
   local epoch = redis.call('INCR', 'ca:epoch')
   for i = 1, #keys do
@@ -475,21 +483,25 @@ local function revoke_all(keys, a)
 end
 
 -- Background pruning, as the embedded store's sweeper: unlists what died.
--- ARGV: now, how many at most.
+-- ARGV: now, how many at most, retention ms.
 local function prune(keys, a)
-  local now, limit = now_ms(a[1]), tonumber(a[2])
+  local now, limit, retention = now_ms(a[1]), tonumber(a[2]), tonumber(a[3])
   local done = 0
   local old = redis.call('LINDEX', 'ca:dead-lists', 0)
   if old then
     local popped = redis.call('ZPOPMIN', old, limit)
     for i = 1, #popped, 2 do
       local digest = popped[i]
-      unlist(cred_key(digest), digest)
+      local key = cred_key(digest)
+      local r = read(key)
+      if r then
+        unlist(key, digest, r, death(r, now, gens_key(bucket_of(digest))) or 'all', retention)
+      end
     end
     done = #popped / 2
     if redis.call('EXISTS', old) == 0 then redis.call('LPOP', 'ca:dead-lists') end
   end
-  return done + prune_due('ca:all:' .. master_gen('a'), now, limit)
+  return done + prune_due('ca:all:' .. master_gen('a'), now, limit, retention)
 end
 
 redis.register_function('ca_resolve', resolve)
