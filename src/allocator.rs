@@ -25,3 +25,19 @@ fn configure_allocator() {
     // it is called before any thread exists.
     unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
 }
+
+/// Gives the calling thread's free memory back to the kernel now: frees
+/// the pages whose blocks are all free (including blocks other threads
+/// freed into them, which otherwise wait for this thread's next
+/// allocations), decommits the free parts of its segments and the free
+/// arena blocks without waiting for their purge delay.
+///
+/// mimalloc does this on its own only on later allocation activity, so a
+/// server that goes quiet after a burst keeps the burst's memory resident.
+/// It walks every page of the thread's heap, so it is for rare moments
+/// (see `transport::trim`), never for a call's path.
+pub fn release_free_memory() {
+    // SAFETY: mi_collect only touches the calling thread's own heap and the
+    // process-wide arenas, under mimalloc's own synchronisation.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}

@@ -378,7 +378,7 @@ impl pb::credential_authority_server::CredentialAuthority for AuthorityService {
                 .resolve_with(&digest, required_scope, |view| {
                     resolved_id = Some(view.credential_id);
                     pb::ResolveResponse {
-                        credential_id: view.credential_id.to_string(),
+                        credential_id: view.credential_id.text().as_str().to_owned(),
                         thread_id: view.thread_id.to_owned(),
                         provider_instance_id: view.provider_instance_id.to_owned(),
                         provider_kind: view.provider_kind.unwrap_or_default().to_owned(),

@@ -356,15 +356,38 @@ impl CredentialId {
     }
 }
 
-impl fmt::Display for CredentialId {
-    /// Written in one call from a stack buffer: it is in every Resolve
-    /// answer and log line, and formatting byte by byte cost more than the
-    /// store lookup.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = [0u8; 5 + 32];
+impl CredentialId {
+    /// The display form (`cred_` + 32 lowercase hex) on the stack: every
+    /// Resolve answer and log line carries it, and going through `fmt` to
+    /// build it cost more than the store lookup.
+    pub fn text(&self) -> CredentialIdText {
+        let mut text = [0u8; CREDENTIAL_ID_TEXT_LEN];
         text[..5].copy_from_slice(b"cred_");
         text[5..].copy_from_slice(&hex16(&self.0));
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        CredentialIdText(text)
+    }
+}
+
+/// The length of a credential id's display form.
+const CREDENTIAL_ID_TEXT_LEN: usize = 5 + 32;
+
+/// A credential id's display form, from [`CredentialId::text`]; always
+/// ASCII.
+#[derive(Clone, Copy)]
+pub struct CredentialIdText([u8; CREDENTIAL_ID_TEXT_LEN]);
+
+impl CredentialIdText {
+    /// The text. Only ASCII is ever written into it, so the check cannot
+    /// fail; were it to, an empty string is safer than a panic.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for CredentialId {
+    /// Written in one call from the stack form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
     }
 }
 

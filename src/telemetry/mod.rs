@@ -37,7 +37,7 @@ pub fn init(format: LogFormat) -> FlushGuard {
     match format {
         LogFormat::Text => {
             let ansi = std::io::stdout().is_terminal();
-            rpc_line::set_raw_fields(!ansi);
+            rpc_line::set_raw_fields(!ansi, false);
             builder
                 .with_ansi(ansi)
                 .event_format(RpcLineFormat::text(stock))
@@ -45,7 +45,7 @@ pub fn init(format: LogFormat) -> FlushGuard {
         }
         // What `.json()` sets: JSON span fields and never any colour.
         LogFormat::Json => {
-            rpc_line::set_raw_fields(true);
+            rpc_line::set_raw_fields(true, true);
             builder
                 .with_ansi(false)
                 .fmt_fields(JsonFields::new())

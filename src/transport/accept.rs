@@ -16,6 +16,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::trim::{OpenConnections, Seat};
 use super::ListenAddr;
 
 /// Who is on the other end of a connection; tonic puts a clone in every
@@ -151,6 +152,8 @@ pub struct Connection {
     /// This connection's place in the `--max-connections` pool, taken at
     /// accept and given back when the connection is dropped.
     _permit: OwnedSemaphorePermit,
+    /// Counts the connection as open until it is dropped, for the trim.
+    _seat: Seat,
 }
 
 impl fmt::Debug for Connection {
@@ -184,6 +187,7 @@ impl Connection {
             info: PeerInfo { peer, client_sans },
             handshake_deadline: admitted.deadline,
             _permit: admitted.permit,
+            _seat: admitted.seat,
         }
     }
 
@@ -201,6 +205,9 @@ impl Connection {
 pub(crate) struct Admitted {
     /// Held until the connection is dropped.
     permit: OwnedSemaphorePermit,
+    /// Counts it as open until the connection (or its failed TLS
+    /// handshake) is dropped.
+    seat: Seat,
     /// Accept time plus the handshake timeout.
     pub(crate) deadline: Instant,
 }
@@ -216,6 +223,9 @@ pub(crate) struct Admission {
     /// Whether the last accept was refused, so that only the first refusal
     /// of an episode warns (a flood must not flood the log too).
     full: Arc<std::sync::atomic::AtomicBool>,
+    /// Every admitted connection, TLS handshakes included, so the
+    /// connection loop sees when a burst is gone.
+    pub(crate) open: Arc<OpenConnections>,
 }
 
 impl Admission {
@@ -225,6 +235,7 @@ impl Admission {
             permits: Arc::new(Semaphore::new(max_connections)),
             handshake_timeout,
             full: Arc::default(),
+            open: Arc::default(),
         }
     }
 
@@ -239,6 +250,7 @@ impl Admission {
                 }
                 Some(Admitted {
                     permit,
+                    seat: self.open.opened(),
                     deadline: Instant::now() + self.handshake_timeout,
                 })
             }

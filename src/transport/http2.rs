@@ -31,6 +31,7 @@ use tokio_stream::StreamExt as _;
 use tower::ServiceExt as _;
 
 use super::preface::PrefaceDeadline;
+use super::trim;
 use super::{Connection, Counters, Incoming, PeerInfo};
 
 /// The request body hyper hands to the service.
@@ -118,12 +119,32 @@ pub async fn serve<M, S, B>(
 {
     let builder = Arc::new(config.builder());
     let counters = incoming.counters();
+    let open = incoming.open_connections();
+    let mut trim_schedule = trim::Schedule::default();
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
+        let trim_due = trim_schedule.due();
+        let trim_now = async {
+            match trim_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let conn = tokio::select! {
             conn = incoming.next() => conn,
             () = &mut shutdown => break,
+            () = open.fallen() => {
+                trim_schedule.fallen(Instant::now());
+                continue;
+            }
+            () = trim_now => {
+                // Here, on the loop's thread: it allocated every
+                // connection's task, so it holds their freed pages too.
+                trim::trim(&open);
+                trim_schedule.ran(Instant::now());
+                continue;
+            }
         };
         // Never an error, and ends only with the accept tasks.
         let Some(Ok(conn)) = conn else { break };

@@ -13,6 +13,7 @@ mod accept;
 pub mod http2;
 mod preface;
 mod tls;
+mod trim;
 mod unix;
 
 use std::fmt;
@@ -416,6 +417,7 @@ impl Transport {
             cleanup: self.cleanup,
             counters: self.counters,
             handshake_timeout: self.admission.handshake_timeout,
+            open: self.admission.open,
         }
     }
 }
@@ -450,6 +452,8 @@ pub struct Incoming {
     counters: Counters,
     /// For the connection loop's log lines.
     handshake_timeout: Duration,
+    /// Every open connection, for the connection loop's trim.
+    open: Arc<trim::OpenConnections>,
 }
 
 impl fmt::Debug for Incoming {
@@ -477,6 +481,11 @@ impl Incoming {
     /// The configured handshake timeout (for log lines).
     pub fn handshake_timeout(&self) -> Duration {
         self.handshake_timeout
+    }
+
+    /// The open connections, whose fall after a burst asks for a trim.
+    pub(crate) fn open_connections(&self) -> Arc<trim::OpenConnections> {
+        self.open.clone()
     }
 }
 

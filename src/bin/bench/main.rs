@@ -70,6 +70,11 @@ struct Args {
     /// Only the Redis backend's figures (for a quick look at them).
     #[arg(long)]
     only_redis: bool,
+    /// Only the gRPC Health/Check and Resolve rows (alternating `--rounds`
+    /// rounds) and the Resolve >= 0.95x Health/Check target: no store,
+    /// Mint, durability, fixed-rate, log-off or Redis figures.
+    #[arg(long)]
+    grpc_ratio: bool,
     /// The server binary; defaults to `credential-authority` next to this one.
     #[arg(long)]
     server: Option<PathBuf>,
@@ -95,20 +100,22 @@ fn main() -> anyhow::Result<()> {
         machine: network_bench::machine(),
         ..Report::default()
     };
-    // The network figures first: they come from other processes, and the
-    // store figures leave gigabytes for the kernel to reclaim.
-    if !args.no_network {
-        let server = match &args.server {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()?.with_file_name("credential-authority"),
-        };
-        let load = network_bench::Load {
-            requests: args.requests,
-            connections: args.connections,
-            streams: args.streams,
-            rounds: args.rounds,
-            rps_per_connection: None,
-        };
+    let server = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("credential-authority"),
+    };
+    let load = network_bench::Load {
+        requests: args.requests,
+        connections: args.connections,
+        streams: args.streams,
+        rounds: args.rounds,
+        rps_per_connection: None,
+    };
+    if args.grpc_ratio {
+        network_bench::run_ratio(&server, load, &mut report)?;
+    } else if !args.no_network {
+        // The network figures first: they come from other processes, and
+        // the store figures leave gigabytes for the kernel to reclaim.
         if !args.only_redis {
             network_bench::run(&server, load, &mut report)?;
         }
@@ -127,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
         result?;
     }
-    if !args.no_store && !args.only_redis {
+    if !args.no_store && !args.grpc_ratio && !args.only_redis {
         let plan = StorePlan {
             ops: args.ops,
             batch: args.batch,

@@ -301,6 +301,83 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
     Ok(())
 }
 
+/// Only the Health/Check and Resolve rows against the default server, in
+/// alternating rounds, and the throughput target between them: what a
+/// change to the Resolve path is judged by, in a fraction of the full
+/// suite's time. Each round pair's own ratio is printed too, since on a
+/// shared machine one pair can be off while the medians hold.
+pub(crate) fn run_ratio(server_bin: &Path, load: Load, report: &mut Report) -> anyhow::Result<()> {
+    which("h2load")
+        .context("`h2load` is not installed (Debian: apt-get install nghttp2-client)")?;
+    let work = std::env::temp_dir().join(format!("ca-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = ratio_in(server_bin, load, report, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn ratio_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = start_server(server_bin, work, "server", "info", &[])?;
+    let token = runtime.block_on(mint_token(&server))?;
+    let calls = [
+        Call {
+            name: "Health/Check",
+            target: &server,
+            path: "/grpc.health.v1.Health/Check",
+            frame: grpc_frame(&[]),
+        },
+        Call {
+            name: "Resolve",
+            target: &server,
+            path: RESOLVE,
+            frame: resolve_frame(&token),
+        },
+    ];
+    let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
+    let rounds = measure_calls(&calls, load, work, &scope, report)?;
+    for (i, (health, resolve)) in rounds[0].iter().zip(&rounds[1]).enumerate() {
+        eprintln!(
+            "# round {}: Health/Check {:.0}/s, Resolve {:.0}/s, {:.3}x",
+            i + 1,
+            health.ops_per_sec,
+            resolve.ops_per_sec,
+            resolve.ops_per_sec / health.ops_per_sec
+        );
+    }
+    let log = std::fs::read_to_string(&server.log)?;
+    let failed = log
+        .lines()
+        .filter(|l| l.contains("method=Resolve ") && !l.contains("outcome=OK"))
+        .count();
+    report.check(
+        "every measured gRPC call succeeded (server log lines)",
+        format!("{failed} Resolve calls failed"),
+        failed == 0,
+    );
+    let (Some(resolve), Some(health)) = (
+        report.find(&scope, "Resolve", load.in_flight()).cloned(),
+        report
+            .find(&scope, "Health/Check", load.in_flight())
+            .cloned(),
+    ) else {
+        return Ok(());
+    };
+    report.check(
+        "gRPC Resolve throughput >= 0.95x Health/Check",
+        format!(
+            "{:.2}x ({:.0}/s vs {:.0}/s)",
+            resolve.ops_per_sec / health.ops_per_sec,
+            resolve.ops_per_sec,
+            health.ops_per_sec
+        ),
+        resolve.ops_per_sec >= 0.95 * health.ops_per_sec,
+    );
+    Ok(())
+}
+
 /// Mints the credential the Resolve load presents.
 pub(crate) async fn mint_token(server: &Target) -> anyhow::Result<String> {
     let mut client = server.client().await?;
@@ -325,14 +402,15 @@ pub(crate) struct Call<'a> {
 }
 
 /// Runs h2load rounds over `calls`, alternating so that drift hits them
-/// alike; the median round of each becomes a figure in `scope`.
+/// alike; the median round of each becomes a figure in `scope`. Returns
+/// every round, per call.
 pub(crate) fn measure_calls(
     calls: &[Call<'_>],
     load: Load,
     work: &Path,
     scope: &str,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Vec<Round>>> {
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); calls.len()];
     for round in 0..load.rounds.max(1) {
         for (i, call) in calls.iter().enumerate() {
@@ -350,7 +428,7 @@ pub(crate) fn measure_calls(
             &rounds[i],
         ));
     }
-    Ok(())
+    Ok(rounds)
 }
 
 /// The path of Mint.

@@ -355,3 +355,66 @@ fn json_escapes_are_serde_jsons() {
     ours.push('"');
     assert_eq!(ours, serde_json::to_string(&all).unwrap());
 }
+
+/// Catches: fields rendered beforehand that differ by a byte from what the
+/// visitor writes (order, a missing field, the code, an escape), in text
+/// and in JSON, and a formatter that visits the event again instead of
+/// copying them (then the marker below would not show).
+#[test]
+fn prerendered_fields_are_the_stock_line_and_are_used() {
+    let lines = lines();
+    for json in [false, true] {
+        // The stock formatters get `Display` values, as in production.
+        let as_display = || lines.iter().for_each(|l| l.write_as(false));
+        let stock = if json {
+            write_with(stock_json(), true, false, as_display)
+        } else {
+            write_with(stock_text(), false, false, as_display)
+        };
+        let emit = || lines.iter().for_each(|l| l.write_prerendered(json));
+        let reached_stock = Arc::new(AtomicUsize::new(0));
+        let fast = if json {
+            write_with(
+                ours(RpcLineFormat::json(Counting(
+                    stock_json(),
+                    reached_stock.clone(),
+                ))),
+                true,
+                false,
+                emit,
+            )
+        } else {
+            write_with(
+                ours(RpcLineFormat::text(Counting(
+                    stock_text(),
+                    reached_stock.clone(),
+                ))),
+                false,
+                false,
+                emit,
+            )
+        };
+        assert_eq!(fast, stock, "json: {json}");
+        assert_eq!(reached_stock.load(Ordering::Relaxed), 0, "json: {json}");
+        // Nothing is left behind for a later event to pick up.
+        assert!(FIELDS.with(|f| f.borrow().format.is_none()));
+    }
+    // The formatter copies what is there rather than visiting the event:
+    // fields planted for the event show instead of its own.
+    let line = lines[0];
+    let planted = write_with(
+        ours(RpcLineFormat::text(stock_text())),
+        false,
+        false,
+        || {
+            FIELDS.with(|f| {
+                let mut f = f.borrow_mut();
+                f.text = "planted".into();
+                f.format = Some(false);
+            });
+            line.write_as(true);
+            FIELDS.with(|f| f.borrow_mut().format = None);
+        },
+    );
+    assert!(planted.ends_with(" INFO planted\n"), "{planted}");
+}
