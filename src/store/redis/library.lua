@@ -12,7 +12,7 @@
 --   ca:{bXX}:g            HASH  the RevokeAll generations, one copy per bucket
 --   ca:g                  HASH  the master copy (names of the count keys)
 --   ca:epoch              STRING  RevokeAll's epoch counter
---   ca:t:<h(thread)>      ZSET  the thread's listed credentials by mint time
+--   ca:t:<h(thread)>      ZSET  the thread's listed credentials in mint order
 --   ca:td:<h(thread)>     HASH  the thread's newest death of each caller
 --   ca:ic:<h(instance)>   HASH  the callers that claim an instance
 --   ca:all:<A>            ZSET  listed credentials, scored by earliest death
@@ -66,6 +66,10 @@ local function deadlines(r, lu)
   return expires, math.min(lu + r.it, expires)
 end
 
+-- How many revocations each RevokeAll scope remembers (as the embedded
+-- store's revocation.rs HISTORY).
+local HISTORY = 256
+
 local CAUSE = {a = 'all', o = 'caller', i = 'provider_instance', p = 'provider_instance'}
 
 -- Why the credential is dead at `now` (reason, since when), or nil. The first
@@ -83,10 +87,17 @@ local function death(r, now, gens)
   local names = {'a', 'o', 'i', 'p'}
   local fields = {'a', r.go, r.gi, r.gp}
   for i = 1, 4 do
-    local epoch = tonumber(g[i] or '0')
-    if epoch > r.ep and (first == nil or epoch < first) then
-      first, cause = epoch, CAUSE[names[i]]
-      first_at = tonumber(redis.call('HGET', gens, fields[i] .. '@'))
+    if tonumber(g[i] or '0') > r.ep then
+      -- The scope's first revocation after the mint, from its history.
+      local history = cmsgpack.unpack(redis.call('HGET', gens, fields[i] .. '#'))
+      for j = 1, #history, 2 do
+        if history[j] > r.ep then
+          if first == nil or history[j] < first then
+            first, first_at, cause = history[j], history[j + 1], CAUSE[names[i]]
+          end
+          break
+        end
+      end
     end
   end
   if first ~= nil then
@@ -247,6 +258,9 @@ local function count_keys(ho, hi)
   }
 end
 
+-- How many of a caller's listed credentials a Mint at its quota checks.
+local QUOTA_SCAN = 4096
+
 -- KEYS: credential, id key, bucket generations, thread set, thread tomb,
 -- instance claims.
 -- ARGV: now, id, thread, instance, kind, owner, reach, idle ms, max lifetime
@@ -308,7 +322,22 @@ local function mint(keys, a)
   if quota ~= '' then
     prune_due(counts.owner, now, 64, retention)
     local held = redis.call('ZCARD', counts.owner) - replaced_mine
-    if held >= tonumber(quota) then return {'Q', quota} end
+    if held >= tonumber(quota) then
+      -- At the quota: look at every listed credential of the caller, not
+      -- only those due (a RevokeAll of an instance ends some early).
+      for _, digest in ipairs(redis.call('ZRANGE', counts.owner, 0, QUOTA_SCAN - 1)) do
+        local ckey = cred_key(digest)
+        local r = read(ckey)
+        if not r then
+          redis.call('ZREM', counts.owner, digest)
+        else
+          local reason = death(r, now, gens_key(bucket_of(digest)))
+          if reason then unlist(ckey, digest, r, reason, retention) end
+        end
+      end
+      held = redis.call('ZCARD', counts.owner) - replaced_mine
+      if held >= tonumber(quota) then return {'Q', quota} end
+    end
   end
   prune_due(counts.all, now, 16, retention)
   local held = redis.call('ZCARD', counts.all) - #replaced
@@ -333,7 +362,12 @@ local function mint(keys, a)
              'bk', counts.bytes, 'by', bytes)
   redis.call('PEXPIRE', key, ttl)
   redis.call('SET', idkey, digest, 'PX', ttl)
-  redis.call('ZADD', thread, now, digest)
+  -- Scored in mint order (Touch lists oldest first), Mints of the same
+  -- millisecond included.
+  local order = now * 1024
+  local newest = redis.call('ZRANGE', thread, -1, -1, 'WITHSCORES')
+  if newest[2] and tonumber(newest[2]) >= order then order = tonumber(newest[2]) + 1 end
+  redis.call('ZADD', thread, order, digest)
   redis.call('ZADD', counts.owner, idle, digest)
   redis.call('ZADD', counts.all, idle, digest)
   redis.call('INCRBY', counts.bytes, bytes)
@@ -426,7 +460,7 @@ local function thread_call(keys, a)
   for i = 1, #deaths, 2 do
     if covers(reach, deaths[i]) then
       local cr, rs, id = cmsgpack.unpack(deaths[i + 1])
-      if best == nil or cr > best[1] then best = {cr, rs, id, deaths[i]} end
+      if best == nil or cr >= best[1] then best = {cr, rs, id, deaths[i]} end
     end
   end
   if best and (newest_death == nil or best[1] > newest_death[1]) then
@@ -469,7 +503,18 @@ local function revoke_all(keys, a)
   for i = 1, #keys do
     local g = keys[i]
     if tonumber(redis.call('HGET', g, field) or '0') < epoch then
-      redis.call('HSET', g, field, epoch, field .. '@', now)
+      -- Its latest epoch, and its latest revocations (epoch, time), oldest
+      -- first, so a credential's first revocation names its cause and time
+      -- (bounded as the embedded store's history is).
+      local known = redis.call('HGET', g, field .. '#')
+      local history = known and cmsgpack.unpack(known) or {}
+      table.insert(history, epoch)
+      table.insert(history, now)
+      if #history > 2 * HISTORY then
+        table.remove(history, 1)
+        table.remove(history, 1)
+      end
+      redis.call('HSET', g, field, epoch, field .. '#', cmsgpack.pack(history))
     end
     if tonumber(redis.call('HGET', g, 'n') or '0') < epoch then
       redis.call('HSET', g, 'n', epoch)
