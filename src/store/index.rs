@@ -136,8 +136,8 @@ mod tests {
     use std::collections::HashMap;
 
     /// The digest index agrees with a plain map over random inserts and
-    /// removals, through growth and wrap-around, with colliding homes and
-    /// tags (hashes drawn from a small range).
+    /// removals, through growth, presizing and wrap-around, with colliding
+    /// homes and tags (hashes drawn from a small range).
     #[test]
     pub(super) fn slot_index_agrees_with_a_map() {
         let mut index = SlotIndex::default();
@@ -162,6 +162,12 @@ mod tests {
                 let hashes = model.clone();
                 index.insert(hash, slot, |s| hashes[&s]);
                 model.insert(slot, hash);
+            }
+            if round % 50_000 == 25_000 {
+                // Presized mid-run, as replay does before filling a shard:
+                // a resize that drops or misplaces an entry fails below.
+                let hashes = model.clone();
+                index.reserve(model.len() * 3, |s| hashes[&s]);
             }
             if round % 997 == 0 {
                 for (&slot, &hash) in &model {
