@@ -221,6 +221,25 @@ impl RecordShard {
         self.handle(shard, slot)
     }
 
+    /// Makes room for `records` in all, so that filling the shard (journal
+    /// replay) never regrows its indexes: each doubling rereads every
+    /// record indexed so far.
+    pub(super) fn reserve(&mut self, records: usize) {
+        let slab = &self.slab;
+        self.by_digest.reserve(records, |s| {
+            slab.at(s).map_or(0, |r| digest_hash(&r.digest))
+        });
+        self.by_credential.reserve(records, |s| {
+            slab.at(s).map_or(0, |r| credential_hash(&r.credential_id))
+        });
+        let chunks = records.div_ceil(CHUNK);
+        self.slab
+            .chunks
+            .reserve(chunks.saturating_sub(self.slab.chunks.len()));
+        self.deadlines
+            .reserve(records.saturating_sub(self.deadlines.len()));
+    }
+
     /// Takes the record `handle` names out of the shard and frees its slot.
     pub(super) fn remove(&mut self, handle: Handle) -> Option<Record> {
         self.get(handle)?;

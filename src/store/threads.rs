@@ -96,6 +96,25 @@ impl Shared {
             .unwrap_or(0)
     }
 
+    /// Makes room in every thread shard for the threads of `credentials`
+    /// records spread evenly, before replay puts them back: a thread table
+    /// that doubles rehashes every thread id it holds, reading each from its
+    /// record (a cache miss and a keyed hash per thread, at every step).
+    /// Sized as if every credential had a thread of its own, the usual case;
+    /// a shard that gets more only grows as it would have.
+    pub(super) fn reserve_threads(&self, credentials: usize) {
+        let mean = credentials / SHARDS;
+        // Four standard deviations of the binomial spread over the shards.
+        let per_shard = mean + 4 * mean.isqrt() + 16;
+        for shard in self.threads.iter() {
+            let mut threads = shard.write();
+            let additional = per_shard.saturating_sub(threads.heads.len());
+            threads
+                .heads
+                .reserve(additional, |head| self.rehash_thread(head));
+        }
+    }
+
     /// A thread's credentials from `newest` on, newest first. The caller
     /// holds the thread's shard lock, so the list does not change meanwhile;
     /// its length is the head's `held`, which the per-thread limit bounds.

@@ -32,9 +32,11 @@ impl DecodeError {
 }
 
 /// A credential's record as the journal holds it: everything a restart
-/// needs to put it back exactly.
+/// needs to put it back exactly. Its strings borrow the record's bytes, so
+/// decoding one allocates nothing but its lists (and those only when not
+/// empty); replay copies what a new record keeps.
 #[derive(Debug, Clone)]
-pub(in crate::store) struct StoredCredential {
+pub(in crate::store) struct StoredCredential<'a> {
     pub(in crate::store) digest: TokenDigest,
     pub(in crate::store) credential_id: CredentialId,
     pub(in crate::store) created_at: Millis,
@@ -46,21 +48,43 @@ pub(in crate::store) struct StoredCredential {
     /// Whether its pair claims the provider instance (see
     /// [`super::super::revocation::Revocations::pair`]).
     pub(in crate::store) claims: bool,
-    pub(in crate::store) thread_id: Box<str>,
-    pub(in crate::store) minted_by: Box<str>,
-    pub(in crate::store) instance_id: Box<str>,
-    pub(in crate::store) provider_kind: Option<Box<str>>,
-    pub(in crate::store) scopes: Vec<Box<str>>,
-    pub(in crate::store) labels: Vec<(Box<str>, Box<str>)>,
+    pub(in crate::store) thread_id: &'a str,
+    pub(in crate::store) minted_by: &'a str,
+    pub(in crate::store) instance_id: &'a str,
+    pub(in crate::store) provider_kind: Option<&'a str>,
+    pub(in crate::store) scopes: Vec<&'a str>,
+    pub(in crate::store) labels: Vec<(&'a str, &'a str)>,
+    /// The bytes of the fields above that make its class.
+    pub(in crate::store) class_key: ClassKey<'a>,
+}
+
+/// The encoded fields that decide a credential's class (lifetimes, claims
+/// flag, owner, instance, kind, scopes and labels), as two spans of its
+/// record: records with equal keys have equal classes, so replay can reuse
+/// a class it built without decoding, hashing and interning those fields
+/// again. (Two encodings of one class would only cost a second lookup.)
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(in crate::store) struct ClassKey<'a> {
+    /// Idle timeout, max lifetime, absolute lifetime and the claims flag.
+    pub(in crate::store) lifetimes: &'a [u8],
+    /// Owner, instance, kind, scopes and labels.
+    pub(in crate::store) strings: &'a [u8],
+}
+
+impl std::fmt::Debug for ClassKey<'_> {
+    /// Opaque: the fields it spans are printed beside it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClassKey")
+    }
 }
 
 /// One journal or snapshot record.
 #[derive(Debug, Clone)]
-pub(in crate::store) enum Event {
+pub(in crate::store) enum Event<'a> {
     /// A Mint, and the earlier credentials of its thread it replaced. Also
     /// a live record in a snapshot (with nothing replaced).
     Minted {
-        credential: StoredCredential,
+        credential: StoredCredential<'a>,
         replaced: Vec<(CredentialId, DeathReason)>,
     },
     /// Latest uses since the previous checkpoint.
@@ -124,7 +148,8 @@ pub(in crate::store) enum Event {
     },
 }
 
-const MINTED: u8 = 1;
+/// A Minted record's tag: replay finds Mints by it without decoding them.
+pub(super) const MINTED: u8 = 1;
 const RENEWED: u8 = 2;
 const CREDENTIAL_REVOKED: u8 = 3;
 const THREAD_REVOKED: u8 = 4;
@@ -449,18 +474,27 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
     fn str(&mut self) -> Result<Box<str>, DecodeError> {
+        self.str_ref().map(Box::from)
+    }
+    /// A string borrowed from the record.
+    fn str_ref(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(Box::from)
-            .map_err(|_| DecodeError("string is not UTF-8"))
+        std::str::from_utf8(bytes).map_err(|_| DecodeError("string is not UTF-8"))
     }
     fn opt_str(&mut self) -> Result<Option<Box<str>>, DecodeError> {
+        Ok(self.opt_str_ref()?.map(Box::from))
+    }
+    fn opt_str_ref(&mut self) -> Result<Option<&'a str>, DecodeError> {
         Ok(if self.bool()? {
-            Some(self.str()?)
+            Some(self.str_ref()?)
         } else {
             None
         })
+    }
+    /// What was read since the reader was at `start`.
+    fn since(&self, start: &'a [u8]) -> &'a [u8] {
+        &start[..start.len() - self.0.len()]
     }
     fn digest(&mut self) -> Result<TokenDigest, DecodeError> {
         Ok(TokenDigest::from_bytes(
@@ -499,9 +533,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl Event {
+impl<'a> Event<'a> {
     /// Reads one record; the whole payload must be used.
-    pub(in crate::store) fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
+    pub(in crate::store) fn decode(payload: &'a [u8]) -> Result<Event<'a>, DecodeError> {
         let mut r = Reader(payload);
         let event = match r.u8()? {
             MINTED => {
@@ -510,20 +544,27 @@ impl Event {
                 let created_at = r.u64()?;
                 let last_used = r.u64()?;
                 let minted_epoch = r.u64()?;
+                let start = r.0;
                 let idle_timeout = r.u64()?;
                 let max_lifetime = r.u64()?;
                 let absolute_lifetime = r.u64()?;
                 let claims = r.bool()?;
-                let thread_id = r.str()?;
-                let minted_by = r.str()?;
-                let instance_id = r.str()?;
-                let provider_kind = r.opt_str()?;
+                let lifetimes = r.since(start);
+                let thread_id = r.str_ref()?;
+                let start = r.0;
+                let minted_by = r.str_ref()?;
+                let instance_id = r.str_ref()?;
+                let provider_kind = r.opt_str_ref()?;
                 let n = r.count(4)?;
-                let scopes = (0..n).map(|_| r.str()).collect::<Result<_, _>>()?;
+                let scopes = (0..n).map(|_| r.str_ref()).collect::<Result<_, _>>()?;
                 let n = r.count(8)?;
                 let labels = (0..n)
-                    .map(|_| Ok((r.str()?, r.str()?)))
+                    .map(|_| Ok((r.str_ref()?, r.str_ref()?)))
                     .collect::<Result<_, DecodeError>>()?;
+                let class_key = ClassKey {
+                    lifetimes,
+                    strings: r.since(start),
+                };
                 let replaced = r.removed()?;
                 Event::Minted {
                     credential: StoredCredential {
@@ -542,6 +583,7 @@ impl Event {
                         provider_kind,
                         scopes,
                         labels,
+                        class_key,
                     },
                     replaced,
                 }
@@ -642,12 +684,13 @@ mod tests {
             max_lifetime: 7,
             absolute_lifetime: u64::MAX,
             claims: true,
-            thread_id: "t".into(),
-            minted_by: "m".into(),
-            instance_id: "i".into(),
-            provider_kind: Some("k".into()),
-            scopes: vec!["a".into(), "b".into()],
-            labels: vec![("x".into(), "y".into())],
+            thread_id: "t",
+            minted_by: "m",
+            instance_id: "i",
+            provider_kind: Some("k"),
+            scopes: vec!["a", "b"],
+            labels: vec![("x", "y")],
+            class_key: ClassKey::default(),
         };
         let replaced = vec![(CredentialId::from_bytes([9; 16]), DeathReason::IdleTimeout)];
         let id = replaced[0].0;
@@ -787,6 +830,77 @@ mod tests {
             let mut longer = bytes.clone();
             longer.push(0);
             assert!(Event::decode(&longer).is_err());
+        }
+    }
+
+    /// A Minted record's class key with the given fields.
+    fn minted(
+        digest: u8,
+        thread: &str,
+        idle: Millis,
+        claims: bool,
+        strings: [&str; 4],
+        labels: &[(&str, &str)],
+    ) -> Vec<u8> {
+        let [minted_by, instance_id, kind, scope] = strings;
+        let mut buf = Vec::new();
+        Writer(&mut buf).minted(
+            CredentialFields {
+                digest: &TokenDigest::from_bytes([digest; 32]),
+                credential_id: &CredentialId::from_bytes([digest; 16]),
+                created_at: u64::from(digest),
+                last_used: u64::from(digest) + 1,
+                minted_epoch: u64::from(digest) + 2,
+                idle_timeout: idle,
+                max_lifetime: 7,
+                absolute_lifetime: u64::MAX,
+                claims,
+                thread_id: thread,
+                minted_by,
+                instance_id,
+                provider_kind: Some(kind),
+            },
+            [scope].into_iter(),
+            labels.iter().copied(),
+            &[(CredentialId::from_bytes([digest; 16]), DeathReason::Expired)]
+                [..usize::from(digest % 2)],
+        );
+        buf
+    }
+
+    /// Catches a class key that misses a field of the class (replay would
+    /// give a credential another's scopes, labels, owner or lifetimes) or
+    /// that covers a field of the credential's own (no reuse at all).
+    #[test]
+    fn class_keys_cover_exactly_the_class_fields() {
+        let key = |bytes: &[u8]| match Event::decode(bytes).expect("decodes") {
+            Event::Minted { credential, .. } => {
+                let ClassKey { lifetimes, strings } = credential.class_key;
+                (lifetimes.to_vec(), strings.to_vec())
+            }
+            _ => unreachable!("a Minted record"),
+        };
+        let base = ["m", "i", "k", "s"];
+        let labels = [("x", "y")];
+        let reference = key(&minted(1, "t1", 6, true, base, &labels));
+        // Another credential of the same class: digest, id, times, thread
+        // and replaced list differ.
+        assert_eq!(
+            key(&minted(2, "thread-2", 6, true, base, &labels)),
+            reference
+        );
+        let others = [
+            minted(1, "t1", 5, true, base, &labels),
+            minted(1, "t1", 6, false, base, &labels),
+            minted(1, "t1", 6, true, ["n", "i", "k", "s"], &labels),
+            minted(1, "t1", 6, true, ["m", "j", "k", "s"], &labels),
+            minted(1, "t1", 6, true, ["m", "i", "l", "s"], &labels),
+            minted(1, "t1", 6, true, ["m", "i", "k", "r"], &labels),
+            minted(1, "t1", 6, true, base, &[("x", "z")]),
+            minted(1, "t1", 6, true, base, &[]),
+        ];
+        for other in others {
+            assert_ne!(key(&other), reference);
         }
     }
 }

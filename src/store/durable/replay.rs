@@ -11,21 +11,26 @@
 //! ran, as in memory.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::super::journal::Recovered;
+use hashbrown::HashTable;
+
+use super::super::journal::{Records, Recovered};
 use super::super::owner_calls::Ended;
 use super::super::record::{Class, Record};
-use super::super::slab::{shard_of_digest, SlotKey};
+use super::super::slab::{credential_hash, shard_of_digest, SlotKey};
 use super::super::sweeper::Deadline;
 use super::super::threads::{Removal, ThreadKey};
 use super::super::types::{DeathReason, Reach, RevocationCause};
 use super::super::{Accounting, Shared, SHARDS};
-use super::event::{DecodeError, Event, StoredCredential};
+use super::event::{ClassKey, DecodeError, Event, StoredCredential, MINTED};
 use crate::clock::Millis;
-use crate::token::CredentialId;
+use crate::token::{CredentialId, TokenDigest};
+
+/// Where a Minted record's digest sits: after the tag.
+const MINTED_DIGEST: std::ops::Range<usize> = 1..33;
 
 /// Where a Minted record's credential id sits: after the tag and digest.
 const MINTED_ID: std::ops::Range<usize> = 33..49;
@@ -40,14 +45,23 @@ pub(super) fn restore(
     grace: Millis,
 ) -> Result<u64, DecodeError> {
     let (snapshot, journal) = recovered.split();
-    let minted_later: HashSet<[u8; 16]> = journal
-        .clone()
-        .filter(|payload| payload.first() == Some(&1) && payload.len() >= MINTED_ID.end)
-        .map(|payload| payload[MINTED_ID].try_into().expect("16 bytes"))
-        .collect();
+    presize(shared, recovered.records());
+    // Only the snapshot's records consult it; the journal after a snapshot
+    // is bounded by compaction, a journal without one is not.
+    let minted_later = if recovered.snapshot().is_some() {
+        MintedIds::of(journal.clone())
+    } else {
+        MintedIds::default()
+    };
     // The snapshot's newer last uses of credentials it leaves to their Mint.
     let mut later_uses: HashMap<CredentialId, Millis> = HashMap::new();
     let mut records = 0u64;
+    // A snapshot holds each record once and nothing is replayed before it.
+    let mut replay = Replay {
+        shared,
+        classes: ClassCache::default(),
+        may_repeat: false,
+    };
     for payload in snapshot {
         records += 1;
         match Event::decode(payload)? {
@@ -55,17 +69,19 @@ pub(super) fn restore(
                 credential,
                 replaced,
             } => {
-                if minted_later.contains(credential.credential_id.as_bytes()) {
+                if minted_later.contains(&credential.credential_id) {
                     later_uses.insert(credential.credential_id, credential.last_used);
                 } else {
-                    restore_minted(shared, credential, &replaced)?;
+                    replay.restore_minted(credential, &replaced)?;
                 }
             }
-            Event::Tombstone { dead, .. }
-                if minted_later.contains(dead.credential_id.as_bytes()) => {}
-            event => apply(shared, event)?,
+            Event::Tombstone { dead, .. } if minted_later.contains(&dead.credential_id) => {}
+            event => replay.apply(event)?,
         }
     }
+    // A journal holds each Mint once; after a snapshot, a Mint may repeat
+    // a credential the snapshot holds.
+    replay.may_repeat = recovered.snapshot().is_some();
     // Clean if the last record is a clean stop's (a snapshot is written
     // while the store runs, so it says nothing either way).
     let mut clean = false;
@@ -73,8 +89,9 @@ pub(super) fn restore(
         records += 1;
         let event = Event::decode(payload)?;
         clean = matches!(event, Event::Closed { .. });
-        apply(shared, event)?;
+        replay.apply(event)?;
     }
+    replay.classes.release(shared);
     for (id, last_used) in later_uses {
         shared.with_id(&id, |_, record| {
             record.last_used.fetch_max(last_used, Ordering::AcqRel)
@@ -84,93 +101,301 @@ pub(super) fn restore(
     Ok(records)
 }
 
-/// Applies one record.
-fn apply(shared: &Shared, event: Event) -> Result<(), DecodeError> {
-    match event {
-        Event::Minted {
-            credential,
-            replaced,
-        } => restore_minted(shared, credential, &replaced)?,
-        Event::Renewed { uses } => {
-            for (id, last_used) in uses {
-                shared.with_id(&id, |_, record| {
-                    record.last_used.fetch_max(last_used, Ordering::AcqRel)
-                });
+/// A replay in progress.
+struct Replay<'s> {
+    shared: &'s Shared,
+    classes: ClassCache,
+    /// Whether a Mint may repeat a credential already put back, and must
+    /// be checked for one.
+    may_repeat: bool,
+}
+
+/// The classes replay built most recently, by [`ClassKey`]: most records
+/// share one of a few classes, and a hit saves decoding the class's
+/// strings, interning its pair and class (three keyed hashes of its
+/// strings and two map locks) and the allocations of a candidate. Holding
+/// a class here keeps it interned while replay runs, so each is released
+/// when it leaves the cache, as a removed record's would be.
+#[derive(Default)]
+struct ClassCache {
+    /// (hash of the key, the key's bytes, the class); at most
+    /// [`ClassCache::ENTRIES`], replaced round robin.
+    entries: Vec<(u32, Box<[u8]>, Arc<Class>)>,
+    next: usize,
+}
+
+impl ClassCache {
+    /// Enough for the handful of classes a store usually holds; a scan of
+    /// this many hashes costs less than one interning.
+    const ENTRIES: usize = 32;
+
+    /// A key's hash: the hardware CRC, a few nanoseconds for a class's
+    /// hundred bytes, where a keyed hash of its strings costs ten times as
+    /// much.
+    fn hash(key: ClassKey<'_>) -> u32 {
+        crc32c::crc32c_append(crc32c::crc32c(key.lifetimes), key.strings)
+    }
+
+    /// The class cached under `key` (whose hash is `hash`).
+    fn get(&self, hash: u32, key: ClassKey<'_>) -> Option<Arc<Class>> {
+        let (a, b) = (key.lifetimes, key.strings);
+        self.entries
+            .iter()
+            .find(|(h, bytes, _)| {
+                *h == hash
+                    && bytes.len() == a.len() + b.len()
+                    && bytes[..a.len()] == *a
+                    && bytes[a.len()..] == *b
+            })
+            .map(|(_, _, class)| class.clone())
+    }
+
+    /// Caches `class` under `key`, releasing the class it replaces.
+    fn insert(&mut self, shared: &Shared, hash: u32, key: ClassKey<'_>, class: Arc<Class>) {
+        let bytes = [key.lifetimes, key.strings].concat().into_boxed_slice();
+        if self.entries.len() < Self::ENTRIES {
+            self.entries.push((hash, bytes, class));
+            return;
+        }
+        let slot = self.next % Self::ENTRIES;
+        self.next = self.next.wrapping_add(1);
+        let (_, _, evicted) = std::mem::replace(&mut self.entries[slot], (hash, bytes, class));
+        shared.release_class(evicted);
+    }
+
+    /// Lets go of every class held, releasing those no record uses.
+    fn release(&mut self, shared: &Shared) {
+        for (_, _, class) in self.entries.drain(..) {
+            shared.release_class(class);
+        }
+    }
+}
+
+/// The credential ids of a run of records' Mints. Ids are random, so
+/// their first word is their hash: no keyed hash per id.
+#[derive(Default)]
+struct MintedIds(HashTable<CredentialId>);
+
+impl MintedIds {
+    /// The ids `records` mint, read without decoding the records.
+    fn of(records: Records<'_>) -> Self {
+        let mut ids = HashTable::new();
+        for payload in records {
+            if payload.first() == Some(&MINTED) && payload.len() >= MINTED_ID.end {
+                let id = CredentialId::from_bytes(payload[MINTED_ID].try_into().expect("16 bytes"));
+                let hash = credential_hash(&id);
+                if ids.find(hash, |other| *other == id).is_none() {
+                    ids.insert_unique(hash, id, credential_hash);
+                }
             }
         }
-        Event::CredentialRevoked {
-            credential_id,
-            at,
-            reason,
-        } => remove_by_id(
-            shared,
-            &credential_id,
-            at,
-            Some(RevocationCause::Credential),
-            reason.map_or(Removal::Retire, Removal::As),
-        ),
-        Event::Swept {
-            credential_id,
-            at,
-            reason,
-        } => remove_by_id(shared, &credential_id, at, None, Removal::As(reason)),
-        Event::ThreadRevoked {
-            thread_id,
-            reach,
-            at,
-            removed,
-        } => {
-            let (hash, thread_shard) = shared.thread_hash(&thread_id);
-            let mut threads = shared.threads[thread_shard].write();
-            let reach = reach.as_deref().map_or(Reach::All, Reach::MintedBy);
-            shared.revoke_thread_locked(
-                &mut threads,
-                ThreadKey {
-                    id: &thread_id,
-                    hash,
-                },
+        MintedIds(ids)
+    }
+
+    /// Whether a record of the run mints `id`.
+    fn contains(&self, id: &CredentialId) -> bool {
+        self.0
+            .find(credential_hash(id), |other| other == id)
+            .is_some()
+    }
+}
+
+/// Sizes the record shards and thread shards for the credentials that
+/// `records` mint, before they are put back: tables grown by doubling
+/// during replay reread and rehash everything they hold at every step,
+/// which was a third of a restart's time at a million credentials. The
+/// Mints are counted per record shard (their digest says which); some may
+/// be revoked later in the journal, so this is an upper bound that a
+/// compacted journal keeps close.
+fn presize(shared: &Shared, records: Records<'_>) {
+    let mut per_shard = [0usize; SHARDS];
+    for payload in records {
+        if payload.first() == Some(&MINTED) && payload.len() >= MINTED_DIGEST.end {
+            let digest =
+                TokenDigest::from_bytes(payload[MINTED_DIGEST].try_into().expect("32 bytes"));
+            per_shard[shard_of_digest(&digest)] += 1;
+        }
+    }
+    for (shard, records) in shared.records.iter().zip(per_shard) {
+        shard.write().reserve(records);
+    }
+    shared.reserve_threads(per_shard.iter().sum());
+}
+
+impl Replay<'_> {
+    /// Applies one record.
+    fn apply(&mut self, event: Event<'_>) -> Result<(), DecodeError> {
+        let shared = self.shared;
+        match event {
+            Event::Minted {
+                credential,
+                replaced,
+            } => self.restore_minted(credential, &replaced)?,
+            Event::Renewed { uses } => {
+                for (id, last_used) in uses {
+                    shared.with_id(&id, |_, record| {
+                        record.last_used.fetch_max(last_used, Ordering::AcqRel)
+                    });
+                }
+            }
+            Event::CredentialRevoked {
+                credential_id,
+                at,
+                reason,
+            } => remove_by_id(
+                shared,
+                &credential_id,
+                at,
+                Some(RevocationCause::Credential),
+                reason.map_or(Removal::Retire, Removal::As),
+            ),
+            Event::Swept {
+                credential_id,
+                at,
+                reason,
+            } => remove_by_id(shared, &credential_id, at, None, Removal::As(reason)),
+            Event::ThreadRevoked {
+                thread_id,
                 reach,
                 at,
-                Ended::Replay(&removed),
-            );
+                removed,
+            } => {
+                let (hash, thread_shard) = shared.thread_hash(&thread_id);
+                let mut threads = shared.threads[thread_shard].write();
+                let reach = reach.as_deref().map_or(Reach::All, Reach::MintedBy);
+                shared.revoke_thread_locked(
+                    &mut threads,
+                    ThreadKey {
+                        id: &thread_id,
+                        hash,
+                    },
+                    reach,
+                    at,
+                    Ended::Replay(&removed),
+                );
+            }
+            Event::ScopesStamped { stamps } => {
+                for (name, epoch, at) in stamps {
+                    shared
+                        .revocations
+                        .restore_stamps(&name, None, &[(epoch, at)]);
+                }
+            }
+            Event::ScopeHistory {
+                name,
+                claims,
+                history,
+            } => shared
+                .revocations
+                .restore_stamps(&name, Some(claims), &history),
+            Event::Epoch { epoch } => shared.revocations.restore_epoch(epoch),
+            Event::Closed { .. } | Event::Opened { .. } => {}
+            Event::Tombstone {
+                digest,
+                recorded_at,
+                dead,
+            } => shared
+                .tombstones
+                .record(digest, dead, recorded_at, shared.retention),
+            Event::ThreadDeath {
+                thread_id,
+                created_at,
+                recorded_at,
+                dead,
+            } => shared.thread_tombstones.record(
+                &thread_id,
+                created_at,
+                || dead,
+                recorded_at,
+                shared.retention,
+            ),
         }
-        Event::ScopesStamped { stamps } => {
-            for (name, epoch, at) in stamps {
-                shared
-                    .revocations
-                    .restore_stamps(&name, None, &[(epoch, at)]);
+        Ok(())
+    }
+
+    /// Puts back a minted credential, after revoking what its Mint replaced
+    /// (at its mint time, oldest first, as the Mint did).
+    fn restore_minted(
+        &mut self,
+        credential: StoredCredential<'_>,
+        replaced: &[(CredentialId, DeathReason)],
+    ) -> Result<(), DecodeError> {
+        let shared = self.shared;
+        let record_shard = shard_of_digest(&credential.digest);
+        if usize::from(credential.credential_id.route()) % SHARDS != record_shard {
+            return Err(DecodeError::new("credential id routes to another shard"));
+        }
+        let (hash, thread_shard) = shared.thread_hash(credential.thread_id);
+        let mut threads = shared.threads[thread_shard].write();
+        let thread = ThreadKey {
+            id: credential.thread_id,
+            hash,
+        };
+        for (id, reason) in replaced {
+            let handle = shared.with_id(id, |handle, record| {
+                (*record.thread_id == *credential.thread_id).then_some(handle)
+            });
+            if let Some(Some(handle)) = handle {
+                shared.detach_as(
+                    &mut threads,
+                    thread,
+                    handle,
+                    credential.created_at,
+                    Some(RevocationCause::Replaced),
+                    Accounting::GiveBack,
+                    Removal::As(*reason),
+                );
             }
         }
-        Event::ScopeHistory {
-            name,
-            claims,
-            history,
-        } => shared
-            .revocations
-            .restore_stamps(&name, Some(claims), &history),
-        Event::Epoch { epoch } => shared.revocations.restore_epoch(epoch),
-        Event::Closed { .. } | Event::Opened { .. } => {}
-        Event::Tombstone {
-            digest,
-            recorded_at,
-            dead,
-        } => shared
-            .tombstones
-            .record(digest, dead, recorded_at, shared.retention),
-        Event::ThreadDeath {
-            thread_id,
-            created_at,
-            recorded_at,
-            dead,
-        } => shared.thread_tombstones.record(
-            &thread_id,
-            created_at,
-            || dead,
-            recorded_at,
-            shared.retention,
-        ),
+        if self.may_repeat
+            && (shared
+                .with_id(&credential.credential_id, |_, _| ())
+                .is_some()
+                || shared.tombstones.get(&credential.digest).is_some())
+        {
+            // Already there: a record the snapshot held as well.
+            return Ok(());
+        }
+        let key_hash = ClassCache::hash(credential.class_key);
+        let class = match self.classes.get(key_hash, credential.class_key) {
+            Some(class) => class,
+            None => {
+                let class = intern_class(shared, &credential);
+                self.classes
+                    .insert(shared, key_hash, credential.class_key, class.clone());
+                class
+            }
+        };
+        let head = shared.find_thread(&threads, hash, credential.thread_id);
+        let record = Record {
+            digest: credential.digest,
+            last_used: AtomicU64::new(credential.last_used),
+            class,
+            minted_epoch: credential.minted_epoch,
+            created_at: credential.created_at,
+            credential_id: credential.credential_id,
+            thread_id: credential.thread_id.into(),
+            older: AtomicU32::new(head.map_or(SlotKey::NONE, |h| h.newest).0),
+            newer: AtomicU32::new(SlotKey::NONE.0),
+            version: 0,
+            pending: AtomicBool::new(false),
+        };
+        let budget = record.budget_bytes();
+        let deadline = record.deadlines().idle_expires_at;
+        let handle = {
+            let mut shard = shared.records[record_shard].write();
+            let handle = shard.insert(record_shard, record);
+            shard.deadlines.push(Reverse(Deadline {
+                at: deadline,
+                handle,
+            }));
+            handle
+        };
+        shared.link_newest(&mut threads, hash, head, handle.key());
+        shared.held.credentials.fetch_add(1, Ordering::AcqRel);
+        shared.held.bytes.fetch_add(budget, Ordering::AcqRel);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Removes the credential `id` from its thread at the journaled time `at`,
@@ -188,99 +413,35 @@ fn remove_by_id(
     }
 }
 
-/// Puts back a minted credential, after revoking what its Mint replaced
-/// (at its mint time, oldest first, as the Mint did).
-fn restore_minted(
-    shared: &Shared,
-    credential: StoredCredential,
-    replaced: &[(CredentialId, DeathReason)],
-) -> Result<(), DecodeError> {
-    let record_shard = shard_of_digest(&credential.digest);
-    if usize::from(credential.credential_id.route()) % SHARDS != record_shard {
-        return Err(DecodeError::new("credential id routes to another shard"));
-    }
-    let (hash, thread_shard) = shared.thread_hash(&credential.thread_id);
-    let mut threads = shared.threads[thread_shard].write();
-    let thread = ThreadKey {
-        id: &credential.thread_id,
-        hash,
-    };
-    for (id, reason) in replaced {
-        let handle = shared.with_id(id, |handle, record| {
-            (*record.thread_id == *credential.thread_id).then_some(handle)
-        });
-        if let Some(Some(handle)) = handle {
-            shared.detach_as(
-                &mut threads,
-                thread,
-                handle,
-                credential.created_at,
-                Some(RevocationCause::Replaced),
-                Accounting::GiveBack,
-                Removal::As(*reason),
-            );
-        }
-    }
-    if shared
-        .with_id(&credential.credential_id, |_, _| ())
-        .is_some()
-        || shared.tombstones.get(&credential.digest).is_some()
-    {
-        // Already there: a record the snapshot held as well.
-        return Ok(());
-    }
+/// The interned class of `credential`.
+fn intern_class(shared: &Shared, credential: &StoredCredential<'_>) -> Arc<Class> {
     let pair = shared.revocations.restored_pair(
-        &credential.minted_by,
-        &credential.instance_id,
+        credential.minted_by,
+        credential.instance_id,
         credential.claims,
     );
-    let scopes: Arc<[Box<str>]> = credential.scopes.into();
-    let labels: Arc<[(Box<str>, Box<str>)]> = credential.labels.into();
+    let scopes: Arc<[Box<str>]> = credential.scopes.iter().map(|&s| Box::from(s)).collect();
+    let labels: Arc<[(Box<str>, Box<str>)]> = credential
+        .labels
+        .iter()
+        .map(|&(k, v)| (Box::from(k), Box::from(v)))
+        .collect();
     let bytes = Class::budget_bytes(
         &pair.instance_id,
-        credential.provider_kind.as_deref(),
+        credential.provider_kind,
         &scopes,
         &labels,
     );
-    let class = shared.class(Class {
+    shared.class(Class {
         pair,
-        provider_kind: credential.provider_kind,
+        provider_kind: credential.provider_kind.map(Box::from),
         scopes,
         labels,
         idle_timeout: credential.idle_timeout,
         max_lifetime: credential.max_lifetime,
         absolute_lifetime: credential.absolute_lifetime,
         bytes,
-    });
-    let head = shared.find_thread(&threads, hash, &credential.thread_id);
-    let record = Record {
-        digest: credential.digest,
-        last_used: AtomicU64::new(credential.last_used),
-        class,
-        minted_epoch: credential.minted_epoch,
-        created_at: credential.created_at,
-        credential_id: credential.credential_id,
-        thread_id: credential.thread_id.clone(),
-        older: AtomicU32::new(head.map_or(SlotKey::NONE, |h| h.newest).0),
-        newer: AtomicU32::new(SlotKey::NONE.0),
-        version: 0,
-        pending: AtomicBool::new(false),
-    };
-    let budget = record.budget_bytes();
-    let deadline = record.deadlines().idle_expires_at;
-    let handle = {
-        let mut shard = shared.records[record_shard].write();
-        let handle = shard.insert(record_shard, record);
-        shard.deadlines.push(Reverse(Deadline {
-            at: deadline,
-            handle,
-        }));
-        handle
-    };
-    shared.link_newest(&mut threads, hash, head, handle.key());
-    shared.held.credentials.fetch_add(1, Ordering::AcqRel);
-    shared.held.bytes.fetch_add(budget, Ordering::AcqRel);
-    Ok(())
+    })
 }
 
 /// After replay: the live counts from the records, the crash bound, the

@@ -161,6 +161,9 @@ fn fingerprint(store: &Store) -> String {
     }
     writeln!(out, "epoch {}", shared.revocations.epoch()).unwrap();
     writeln!(out, "budget {:?}", store.budget_used()).unwrap();
+    // Replay reuses classes through a cache: one it kept interned after its
+    // last record went would show here.
+    writeln!(out, "classes {}", store.interned_classes()).unwrap();
     out
 }
 
