@@ -88,15 +88,22 @@ local function death(r, now, gens)
   local fields = {'a', r.go, r.gi, r.gp}
   for i = 1, 4 do
     if tonumber(g[i] or '0') > r.ep then
-      -- The scope's first revocation after the mint, from its history.
-      local history = cmsgpack.unpack(redis.call('HGET', gens, fields[i] .. '#'))
-      for j = 1, #history, 2 do
-        if history[j] > r.ep then
-          if first == nil or history[j] < first then
-            first, first_at, cause = history[j], history[j + 1], CAUSE[names[i]]
-          end
-          break
-        end
+      -- The scope's first revocation after the mint, by a binary search of
+      -- its history (epochs grow with k); the oldest remembered one if the
+      -- first has been forgotten.
+      local field = fields[i]
+      local newest = tonumber(redis.call('HGET', gens, field .. '#'))
+      local lo, hi = math.max(1, newest - HISTORY + 1), newest
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        local at = redis.call('HGET', gens, field .. '#' .. mid)
+        if tonumber(string.match(at, '^(%d+)')) > r.ep then hi = mid else lo = mid + 1 end
+      end
+      local stamp = redis.call('HGET', gens, field .. '#' .. lo)
+      local epoch, at = string.match(stamp, '^(%d+):(%d+)$')
+      epoch, at = tonumber(epoch), tonumber(at)
+      if first == nil or epoch < first then
+        first, first_at, cause = epoch, at, CAUSE[names[i]]
       end
     end
   end
@@ -502,23 +509,17 @@ local function revoke_all(keys, a)
   local epoch = redis.call('INCR', 'ca:epoch')
   for i = 1, #keys do
     local g = keys[i]
-    if tonumber(redis.call('HGET', g, field) or '0') < epoch then
-      -- Its latest epoch, and its latest revocations (epoch, time), oldest
-      -- first, so a credential's first revocation names its cause and time
-      -- (bounded as the embedded store's history is).
-      local known = redis.call('HGET', g, field .. '#')
-      local history = known and cmsgpack.unpack(known) or {}
-      table.insert(history, epoch)
-      table.insert(history, now)
-      if #history > 2 * HISTORY then
-        table.remove(history, 1)
-        table.remove(history, 1)
-      end
-      redis.call('HSET', g, field, epoch, field .. '#', cmsgpack.pack(history))
+    -- Set-if-greater, and the scope's history: one field per revocation
+    -- ('<field>#<k>' = 'epoch:time', k counted in '<field>#'), the oldest
+    -- beyond HISTORY dropped, so that a credential's first revocation after
+    -- its mint names the cause and time; constant work per copy.
+    local known = redis.call('HMGET', g, field, 'n', field .. '#')
+    if tonumber(known[1] or '0') < epoch then
+      local k = tonumber(known[3] or '0') + 1
+      redis.call('HSET', g, field, epoch, field .. '#', k, field .. '#' .. k, epoch .. ':' .. now)
+      if k > HISTORY then redis.call('HDEL', g, field .. '#' .. (k - HISTORY)) end
     end
-    if tonumber(redis.call('HGET', g, 'n') or '0') < epoch then
-      redis.call('HSET', g, 'n', epoch)
-    end
+    if tonumber(known[2] or '0') < epoch then redis.call('HSET', g, 'n', epoch) end
   end
   if kind == 'a' then
     -- The whole listing is dead: the pruner empties it in the background.
