@@ -587,3 +587,111 @@ fn the_buckets_spread_over_three_cluster_masters() {
 fn credential_key_of(digest: &credential_authority::token::TokenDigest) -> String {
     credential_authority::store::redis::credential_key(digest)
 }
+
+/// Catches: a credential that died by its idle timeout working again when
+/// Redis's clock steps back (NTP, a failover to a replica whose clock is
+/// behind) after the death was seen and the pruner unlisted it: the death
+/// must be written down when first found.
+#[tokio::test]
+async fn a_death_stays_final_when_the_redis_clock_steps_back() {
+    use credential_authority::clock::FakeClock;
+    use credential_authority::store::{DeathReason, Rejection};
+    let redis = RedisServer::start(&[]);
+    let clock = FakeClock::new(1_800_000_000_000);
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let store = RedisStore::connect(
+        RedisOptions {
+            url: redis.url(),
+            password: None,
+            min_replicas: 0,
+            timeout: Duration::from_secs(5),
+            tls_ca: None,
+        },
+        StoreConfig::default(),
+        shared.clone(),
+        Some(shared),
+    )
+    .await
+    .unwrap();
+    let backend = Backend::from(store.clone());
+    let digest = Token::generate().digest();
+    backend
+        .mint(
+            digest,
+            NewCredential {
+                thread_id: "t",
+                provider_instance_id: "i",
+                minted_by: "a",
+                reach: Reach::MintedBy("a"),
+                ..NewCredential::default()
+            },
+        )
+        .await
+        .unwrap();
+    let idle = 30 * 60 * 1000;
+    clock.set(1_800_000_000_000 + idle);
+    let dead = backend.resolve_with(&digest, None, |_| ()).await;
+    assert!(matches!(&dead, Err(Rejection::Dead(d)) if d.reason == DeathReason::IdleTimeout));
+    store.prune().await.unwrap();
+    clock.set(1_800_000_000_000 + idle / 2);
+    match backend.resolve_with(&digest, None, |_| ()).await {
+        Err(Rejection::Dead(d)) => assert_eq!(d.reason, DeathReason::IdleTimeout),
+        other => panic!("a dead credential came back: {other:?}"),
+    }
+}
+
+/// Catches: the `WAIT` of `--redis-min-replicas` sent on the connection
+/// Resolve uses (a `WAIT` blocks its connection in Redis: with a stalled
+/// replica, every Resolve would wait `--redis-timeout` behind each write),
+/// and a write reported durable that no replica has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_fails_writes_but_never_holds_up_resolve() {
+    let primary = RedisServer::start(&[]);
+    let of = primary.port.to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &of]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !replica
+        .cli(&["INFO", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = authority(
+        &primary,
+        &["--redis-min-replicas", "1", "--redis-timeout", "2s"],
+    );
+    let mut caller = client(&server).await;
+    let minted = caller.mint(mint_request("t")).await.unwrap().into_inner();
+
+    // SIGSTOP: the replica holds its connection but acknowledges nothing.
+    let replica_pid = replica
+        .cli(&["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .expect("the replica's pid");
+    // SAFETY: plain kill(2) on a child process of this test.
+    unsafe { libc::kill(replica_pid, libc::SIGSTOP) };
+    let writer = {
+        let mut caller = caller.clone();
+        tokio::spawn(async move { caller.mint(mint_request("t2")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        resolve(&mut caller, &minted.token)
+            .await
+            .expect("Resolve answers while a write waits for the replica");
+    }
+    let resolving = started.elapsed();
+    let refused = writer.await.unwrap().unwrap_err();
+    // SAFETY: as above.
+    unsafe { libc::kill(replica_pid, libc::SIGCONT) };
+    assert!(
+        resolving < Duration::from_millis(1_000),
+        "20 Resolves took {resolving:?} behind a WAIT"
+    );
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(reason(&refused), "SERVICE_UNAVAILABLE");
+}

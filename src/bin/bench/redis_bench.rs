@@ -32,7 +32,7 @@ local function get_only(keys, args)
   if not r then return {'U'} end
   return {'L', r.id, r.th, r['in'], r.kd, r.ow, r.cr, r.cr + r.ml, r.cr + r.it, r.sc, r.lb}
 end
-redis.register_function('ca_resolve', get_only)";
+redis.register_function{function_name = 'ca1_resolve', callback = get_only, flags = {'allow-oom'}}";
 
 /// A loopback redis-server as the authority requires it (noeviction),
 /// without persistence: the figures are of the backend, not of the disk.
@@ -139,11 +139,11 @@ pub(crate) fn run(
     // The harness's server loaded the shipped library at start; its Resolve
     // is now replaced (nothing reloads it while the function exists).
     let get_only = LIBRARY.replace(
-        "redis.register_function('ca_resolve', resolve)",
+        "redis.register_function{function_name = 'ca1_resolve', callback = resolve, flags = {'allow-oom'}}",
         GET_ONLY_RESOLVE,
     );
     if get_only == LIBRARY {
-        bail!("the GET-only harness found no ca_resolve registration to replace");
+        bail!("the GET-only harness found no ca1_resolve registration to replace");
     }
     redis_cli(&harness.port, &["FUNCTION", "LOAD", "REPLACE", &get_only])?;
 
@@ -214,7 +214,7 @@ pub(crate) fn run(
     });
     report.figures.push(Figure {
         scope: "Redis server-side, INFO commandstats".into(),
-        what: "Resolve function (FCALL ca_resolve), usec_per_call".into(),
+        what: "Resolve function (FCALL ca1_resolve), usec_per_call".into(),
         parallelism: load.in_flight(),
         ops_per_sec: 1e6 / resolve_usec,
         p50_us: Some(resolve_usec),

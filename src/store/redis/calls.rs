@@ -22,7 +22,7 @@ impl RedisStore {
     pub async fn prune(&self) -> Result<u64, Rejection> {
         let reply = self
             .call(
-                fcall("ca_prune", &[])
+                fcall("ca1_prune", &[])
                     .arg(self.time_arg())
                     .arg(PRUNE_BATCH)
                     .arg(self.retention())
@@ -42,7 +42,7 @@ impl RedisStore {
         let reply = self
             .call(
                 fcall(
-                    "ca_resolve",
+                    "ca1_resolve",
                     &[
                         keys::credential(digest),
                         keys::generations(keys::bucket(digest)),
@@ -111,7 +111,7 @@ impl RedisStore {
         let owner_hash = keys::name_digest(new.minted_by);
         let instance_hash = keys::name_digest(new.provider_instance_id);
         let command = fcall(
-            "ca_mint",
+            "ca1_mint",
             &[
                 keys::credential(&digest),
                 keys::credential_id(&credential_id),
@@ -152,20 +152,17 @@ impl RedisStore {
             "1"
         })
         .to_owned();
-        let reply = self.call(command).await?;
+        let reply = self.call_write(command).await?;
         let parts = array(&reply)?;
         match tag(parts)? {
-            "OK" => {
-                self.replicated().await?;
-                Ok(Minted {
-                    credential_id,
-                    deadlines: Deadlines {
-                        expires_at: number(parts, 2)?,
-                        idle_expires_at: number(parts, 3)?,
-                    },
-                    replaced: number(parts, 4)?,
-                })
-            }
+            "OK" => Ok(Minted {
+                credential_id,
+                deadlines: Deadlines {
+                    expires_at: number(parts, 2)?,
+                    idle_expires_at: number(parts, 3)?,
+                },
+                replaced: number(parts, 4)?,
+            }),
             "T" => Err(Rejection::ThreadLimit {
                 thread_id: Arc::from(new.thread_id),
                 limit: number(parts, 1)?,
@@ -194,11 +191,14 @@ impl RedisStore {
     ) -> Result<Touched, Rejection> {
         let reply = self
             .call(
-                fcall("ca_touch_credential", &[keys::credential_id(credential_id)])
-                    .arg(self.time_arg())
-                    .arg(reach_arg(reach))
-                    .arg(self.retention())
-                    .to_owned(),
+                fcall(
+                    "ca1_touch_credential",
+                    &[keys::credential_id(credential_id)],
+                )
+                .arg(self.time_arg())
+                .arg(reach_arg(reach))
+                .arg(self.retention())
+                .to_owned(),
             )
             .await?;
         let parts = array(&reply)?;
@@ -261,13 +261,10 @@ impl RedisStore {
         let reply = self.thread_call(thread_id, reach, "revoke").await?;
         let parts = array(&reply)?;
         match tag(parts)? {
-            "R" => {
-                self.replicated().await?;
-                Ok(ThreadRevocation {
-                    revoked: number(parts, 1)?,
-                    not_owned: number(parts, 2)?,
-                })
-            }
+            "R" => Ok(ThreadRevocation {
+                revoked: number(parts, 1)?,
+                not_owned: number(parts, 2)?,
+            }),
             _ => Err(refusal(parts, None)?),
         }
     }
@@ -279,9 +276,9 @@ impl RedisStore {
         reach: Reach<'_>,
     ) -> Result<CredentialRevocation, Rejection> {
         let reply = self
-            .call(
+            .call_write(
                 fcall(
-                    "ca_revoke_credential",
+                    "ca1_revoke_credential",
                     &[keys::credential_id(credential_id)],
                 )
                 .arg(self.time_arg())
@@ -305,7 +302,6 @@ impl RedisStore {
             "U" => CredentialRevocation::default(),
             _ => return Err(refusal(parts, Some(*credential_id))?),
         };
-        self.replicated().await?;
         Ok(revocation)
     }
 
@@ -332,8 +328,8 @@ impl RedisStore {
         let mut all_keys = vec![keys::MASTER_GENERATIONS.to_owned()];
         all_keys.extend((0..keys::BUCKETS).map(keys::generations));
         let reply = self
-            .call(
-                fcall("ca_revoke_all", &all_keys)
+            .call_write(
+                fcall("ca1_revoke_all", &all_keys)
                     .arg(self.time_arg())
                     .arg(kind)
                     .arg(owner)
@@ -344,7 +340,6 @@ impl RedisStore {
             .await?;
         let parts = array(&reply)?;
         let count = integer(parts.first().ok_or_else(unreadable)?).ok_or_else(unreadable)?;
-        self.replicated().await?;
         Ok(count.max(0) as u64)
     }
 
@@ -355,19 +350,21 @@ impl RedisStore {
         reach: Reach<'_>,
         mode: &str,
     ) -> Result<Value, Rejection> {
-        self.call(
-            fcall(
-                "ca_thread",
-                &[keys::thread(thread_id), keys::thread_tomb(thread_id)],
-            )
-            .arg(self.time_arg())
-            .arg(reach_arg(reach))
-            .arg(self.retention())
-            .arg(self.shared.config.touch_reply_limit)
-            .arg(mode)
-            .to_owned(),
+        let command = fcall(
+            "ca1_thread",
+            &[keys::thread(thread_id), keys::thread_tomb(thread_id)],
         )
-        .await
+        .arg(self.time_arg())
+        .arg(reach_arg(reach))
+        .arg(self.retention())
+        .arg(self.shared.config.touch_reply_limit)
+        .arg(mode)
+        .to_owned();
+        if mode == "revoke" {
+            self.call_write(command).await
+        } else {
+            self.call(command).await
+        }
     }
 }
 

@@ -75,7 +75,7 @@ local CAUSE = {a = 'all', o = 'caller', i = 'provider_instance', p = 'provider_i
 -- Why the credential is dead at `now` (reason, since when), or nil. The first
 -- death names the reason: a deadline that passed before a RevokeAll keeps its
 -- own reason.
-local function death(r, now, gens)
+local function find_death(r, now, gens)
   if r.dr ~= '' then return r.dr, tonumber(r.dt) end
   local expires = deadlines(r, r.lu)
   local idle = r.lu + r.it
@@ -123,6 +123,19 @@ local function thread_death(tomb, r, reason, retention)
     redis.call('HSET', tomb, r.ow, cmsgpack.pack(r.cr, reason, r.id))
   end
   redis.call('PEXPIRE', tomb, retention)
+end
+
+-- Why the credential is dead, as find_death says; a death found is written
+-- down (cause and time, as an explicit revocation is), so that it is final
+-- even if Redis's clock steps back (NTP, a failover to a replica whose clock
+-- is behind): a credential that died never works again.
+local function death(r, now, gens, key)
+  local reason, since = find_death(r, now, gens)
+  if reason and r.dr == '' then
+    redis.call('HSET', key, 'dr', reason, 'dt', since)
+    r.dr, r.dt = reason, tostring(since)
+  end
+  return reason, since
 end
 
 -- Takes a dead credential out of the thread, the quotas and the budgets,
@@ -201,7 +214,7 @@ local function resolve(keys, args)
   if now >= math.min(idle, expires) or tonumber(g[1] or '0') > ep or tonumber(g[2] or '0') > ep
       or tonumber(g[3] or '0') > ep or tonumber(g[4] or '0') > ep then
     local r = read(key)
-    local reason, since = death(r, now, keys[2])
+    local reason, since = death(r, now, keys[2], key)
     if reason then return dead_reply(r, reason, since, now, retention) end
   end
   if scope ~= '' and not string.find('\n' .. sc .. '\n', '\n' .. scope .. '\n', 1, true) then
@@ -236,7 +249,7 @@ local function prune_due(set, now, limit, retention)
     if not r then
       redis.call('ZREM', set, digest)
     else
-      local reason = death(r, now, gens_key(bucket_of(digest)))
+      local reason = death(r, now, gens_key(bucket_of(digest)), key)
       if reason then
         unlist(key, digest, r, reason, retention)
       else
@@ -265,8 +278,11 @@ local function count_keys(ho, hi)
   }
 end
 
--- How many of a caller's listed credentials a Mint at its quota checks.
-local QUOTA_SCAN = 4096
+-- How many of a caller's listed credentials a Mint at its quota checks:
+-- bounded, so a caller Minting at its quota cannot keep Redis busy (beyond
+-- it, credentials ended early by an instance's RevokeAll still count until
+-- the pruner finds them).
+local QUOTA_SCAN = 256
 
 -- KEYS: credential, id key, bucket generations, thread set, thread tomb,
 -- instance claims.
@@ -309,7 +325,7 @@ local function mint(keys, a)
       if not r then
         redis.call('ZREM', thread, digest)
       else
-        local reason = death(r, now, gens_key(bucket_of(digest)))
+        local reason = death(r, now, gens_key(bucket_of(digest)), ckey)
         if reason then
           unlist(ckey, digest, r, reason, retention)
         else
@@ -338,7 +354,7 @@ local function mint(keys, a)
         if not r then
           redis.call('ZREM', counts.owner, digest)
         else
-          local reason = death(r, now, gens_key(bucket_of(digest)))
+          local reason = death(r, now, gens_key(bucket_of(digest)), ckey)
           if reason then unlist(ckey, digest, r, reason, retention) end
         end
       end
@@ -400,7 +416,7 @@ local function touch_credential(keys, a)
   local key, digest, r = by_id(keys[1])
   if not key then return {'U'} end
   if not covers(reach, r.ow) then return {'N'} end
-  local reason, since = death(r, now, gens_key(bucket_of(digest)))
+  local reason, since = death(r, now, gens_key(bucket_of(digest)), key)
   if reason then return dead_reply(r, reason, since, now, retention) end
   local expires, idle = renew(key, digest, r, now, retention)
   return {'L', r.id, expires, idle}
@@ -412,7 +428,7 @@ local function revoke_credential(keys, a)
   local key, digest, r = by_id(keys[1])
   if not key then return {'U'} end
   if not covers(reach, r.ow) then return {'N'} end
-  local reason, since = death(r, now, gens_key(bucket_of(digest)))
+  local reason, since = death(r, now, gens_key(bucket_of(digest)), key)
   if reason then
     unlist(key, digest, r, reason, retention)
     if since + retention <= now then return {'U'} end
@@ -436,7 +452,7 @@ local function thread_call(keys, a)
     if not r then
       redis.call('ZREM', thread, digest)
     else
-      local reason, since = death(r, now, gens_key(bucket_of(digest)))
+      local reason, since = death(r, now, gens_key(bucket_of(digest)), key)
       if not covers(reach, r.ow) then
         if not reason then
           not_owned = not_owned + 1
@@ -541,7 +557,7 @@ local function prune(keys, a)
       local key = cred_key(digest)
       local r = read(key)
       if r then
-        unlist(key, digest, r, death(r, now, gens_key(bucket_of(digest))) or 'all', retention)
+        unlist(key, digest, r, death(r, now, gens_key(bucket_of(digest)), key) or 'all', retention)
       end
     end
     done = #popped / 2
@@ -550,14 +566,20 @@ local function prune(keys, a)
   return done + prune_due('ca:all:' .. master_gen('a'), now, limit, retention)
 end
 
-redis.register_function('ca_resolve', resolve)
-redis.register_function{function_name = 'ca_mint', callback = mint, flags = {'no-cluster'}}
-redis.register_function{function_name = 'ca_touch_credential', callback = touch_credential,
+-- Function names carry the library's version, as its name does, so that a
+-- new version can be loaded beside the old during a rolling upgrade, and a
+-- build never calls functions of another layout. The revocations and
+-- Resolve may run when Redis is at maxmemory (`allow-oom`): a revocation
+-- must never be refused for memory, and they write no more than they free.
+redis.register_function{function_name = 'ca1_resolve', callback = resolve, flags = {'allow-oom'}}
+redis.register_function{function_name = 'ca1_mint', callback = mint, flags = {'no-cluster'}}
+redis.register_function{function_name = 'ca1_touch_credential', callback = touch_credential,
                         flags = {'no-cluster'}}
-redis.register_function{function_name = 'ca_revoke_credential', callback = revoke_credential,
-                        flags = {'no-cluster'}}
-redis.register_function{function_name = 'ca_thread', callback = thread_call,
-                        flags = {'no-cluster'}}
-redis.register_function{function_name = 'ca_revoke_all', callback = revoke_all,
-                        flags = {'no-cluster'}}
-redis.register_function{function_name = 'ca_prune', callback = prune, flags = {'no-cluster'}}
+redis.register_function{function_name = 'ca1_revoke_credential', callback = revoke_credential,
+                        flags = {'no-cluster', 'allow-oom'}}
+redis.register_function{function_name = 'ca1_thread', callback = thread_call,
+                        flags = {'no-cluster', 'allow-oom'}}
+redis.register_function{function_name = 'ca1_revoke_all', callback = revoke_all,
+                        flags = {'no-cluster', 'allow-oom'}}
+redis.register_function{function_name = 'ca1_prune', callback = prune,
+                        flags = {'no-cluster', 'allow-oom'}}

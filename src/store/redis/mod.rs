@@ -33,6 +33,10 @@ use crate::clock::{Clock, Millis};
 /// The server-side half, loaded at start.
 const LIBRARY: &str = include_str!("library.lua");
 
+/// Write connections with `--redis-min-replicas` (each blocks in `WAIT`
+/// for its write only).
+const WRITERS: usize = 4;
+
 /// How many listed credentials one background prune checks at most: one
 /// short function call, so Redis is never busy with it for long.
 pub(super) const PRUNE_BATCH: u32 = 512;
@@ -72,8 +76,11 @@ pub fn credential_key(digest: &crate::token::TokenDigest) -> String {
     keys::credential(digest)
 }
 
-/// The URL without its user information, for logs.
+/// The URL without its user information or query (which may carry a
+/// password), for logs.
 pub fn redacted_url(url: &str) -> String {
+    // A query may carry `pass=` (redis+unix URLs): none of it is logged.
+    let url = url.split('?').next().unwrap_or_default();
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://{}", &url[..scheme], &url[at + 1..])
@@ -146,6 +153,13 @@ pub struct RedisStore {
 /// What every handle shares.
 struct Shared {
     connection: ConnectionManager,
+    /// With `--redis-min-replicas`, the connections writes go on, each
+    /// write and its `WAIT` as one pipeline: a `WAIT` blocks its connection
+    /// in Redis, so never the one Resolve uses, and never split from its
+    /// write by a reconnection (a `WAIT` on a fresh connection would
+    /// acknowledge nothing).
+    writers: Vec<ConnectionManager>,
+    next_writer: std::sync::atomic::AtomicUsize,
     options: RedisOptions,
     config: StoreConfig,
     time: TimeSource,
@@ -191,9 +205,19 @@ impl RedisStore {
             .set_response_timeout(Some(options.timeout))
             .set_connection_timeout(Some(options.timeout))
             .set_number_of_retries(1);
-        let mut connection = ConnectionManager::new_with_config(client, manager)
+        let mut connection = ConnectionManager::new_with_config(client.clone(), manager.clone())
             .await
             .map_err(unreachable)?;
+        let mut writers = Vec::new();
+        if options.min_replicas > 0 {
+            for _ in 0..WRITERS {
+                writers.push(
+                    ConnectionManager::new_with_config(client.clone(), manager.clone())
+                        .await
+                        .map_err(unreachable)?,
+                );
+            }
+        }
         let policy: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
@@ -221,6 +245,8 @@ impl RedisStore {
         Ok(RedisStore {
             shared: Arc::new(Shared {
                 connection,
+                writers,
+                next_writer: std::sync::atomic::AtomicUsize::new(0),
                 options,
                 config,
                 time: test_clock.map_or(TimeSource::Redis, TimeSource::Local),
@@ -275,19 +301,33 @@ impl RedisStore {
         }
     }
 
-    /// After a write: waits for `--redis-min-replicas` to have it.
-    async fn replicated(&self) -> Result<(), Rejection> {
+    /// Sends a write: as [`RedisStore::call`], and with
+    /// `--redis-min-replicas` pipelined with its `WAIT` on a connection of
+    /// its own; fewer replicas within `--redis-timeout` is unavailable (the
+    /// change may have happened: revocations are safe to repeat).
+    pub(super) async fn call_write(&self, command: Cmd) -> Result<Value, Rejection> {
         let wanted = self.shared.options.min_replicas;
-        if wanted == 0 {
-            return Ok(());
+        let writers = &self.shared.writers;
+        if wanted == 0 || writers.is_empty() {
+            return self.call(command).await;
         }
-        let mut connection = self.shared.connection.clone();
-        let acknowledged: i64 = redis::cmd("WAIT")
+        let at = self.shared.next_writer.fetch_add(1, Ordering::Relaxed) % writers.len();
+        let mut connection = writers[at].clone();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .add_command(command.clone())
+            .cmd("WAIT")
             .arg(wanted)
-            .arg(self.shared.options.timeout.as_millis() as u64)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.fault(&e))?;
+            .arg(self.shared.options.timeout.as_millis() as u64);
+        let mut sent = pipeline.query_async::<(Value, i64)>(&mut connection).await;
+        if matches!(&sent, Err(e) if is_missing_function(e)) {
+            load_library(&mut connection)
+                .await
+                .map_err(|e| self.fault(&e))?;
+            sent = pipeline.query_async::<(Value, i64)>(&mut connection).await;
+        }
+        let (reply, acknowledged) = sent.map_err(|e| self.fault(&e))?;
+        self.shared.reachable.store(true, Ordering::Release);
         if acknowledged < i64::from(wanted) {
             tracing::warn!(
                 acknowledged,
@@ -298,7 +338,7 @@ impl RedisStore {
                 what: "too few Redis replicas acknowledged the write",
             });
         }
-        Ok(())
+        Ok(reply)
     }
 
     /// A failure of ours: logged without any argument (no key, no id),
@@ -356,4 +396,27 @@ async fn load_library(connection: &mut ConnectionManager) -> Result<(), RedisErr
 fn is_missing_function(error: &RedisError) -> bool {
     error.kind() == ErrorKind::Server(redis::ServerErrorKind::ResponseError)
         && error.to_string().contains("Function not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    /// Catches: a password from the URL's user part or its query reaching
+    /// a log line.
+    #[test]
+    fn redacted_urls_hold_no_password() {
+        for url in [
+            "redis://:hunter2@127.0.0.1:6379/0",
+            "rediss://user:hunter2@redis.example:6380",
+            "redis+unix:///run/redis.sock?pass=hunter2&user=u",
+        ] {
+            let shown = redacted_url(url);
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 }
