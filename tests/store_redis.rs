@@ -25,6 +25,23 @@ use tonic_types::StatusExt as _;
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
+/// Starts the binary on the Redis at `url`, expects it to refuse to start,
+/// and returns what it logged.
+fn refused_start(url: &str, extra: &[&str]) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let mut flags = vec!["--store", "redis", "--redis-url", url];
+    flags.extend_from_slice(extra);
+    let out = serve_command(
+        &["--listen", "127.0.0.1:0"],
+        &state.path().join("state"),
+        &flags,
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
 fn authority(redis: &RedisServer, extra: &[&str]) -> Server {
     let mut flags = vec!["--store", "redis", "--redis-url"];
     let url = redis.url();
@@ -243,18 +260,7 @@ async fn redis_stopped_mid_traffic_fails_retryable_and_recovers() {
 #[test]
 fn refuses_a_redis_that_may_evict() {
     let redis = RedisServer::start(&["--maxmemory-policy", "allkeys-lru"]);
-    let state = tempfile::tempdir().unwrap();
-    let url = redis.url();
-    let out = serve_command(
-        &["--listen", "127.0.0.1:0"],
-        &state.path().join("state"),
-        &["--store", "redis", "--redis-url", &url],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let log = refused_start(&redis.url(), &[]);
     assert!(
         log.contains("noeviction") && log.contains("allkeys-lru"),
         "{log}"
@@ -469,18 +475,7 @@ async fn grpcurl_mints_resolves_and_sees_the_revocation_on_redis() {
 #[test]
 fn refuses_a_redis_cluster_node_at_start() {
     let redis = RedisServer::start(&["--cluster-enabled", "yes"]);
-    let state = tempfile::tempdir().unwrap();
-    let url = redis.url();
-    let out = serve_command(
-        &["--listen", "127.0.0.1:0"],
-        &state.path().join("state"),
-        &["--store", "redis", "--redis-url", &url],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let log = refused_start(&redis.url(), &[]);
     assert!(log.contains("Redis Cluster node"), "{log}");
 }
 
@@ -528,24 +523,7 @@ async fn rediss_verifies_the_server_against_the_given_ca() {
     let _ = &redis;
 
     // Without the CA, the same server is not trusted: refused at start.
-    let state = tempfile::tempdir().unwrap();
-    let out = serve_command(
-        &["--listen", "127.0.0.1:0"],
-        &state.path().join("state"),
-        &[
-            "--store",
-            "redis",
-            "--redis-url",
-            &url,
-            "--redis-timeout",
-            "2s",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success(), "an unknown CA was trusted");
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let log = refused_start(&url, &["--redis-timeout", "2s"]);
     assert!(log.contains("cannot reach Redis"), "{log}");
 }
 

@@ -190,16 +190,7 @@ impl RedisStore {
         reach: Reach<'_>,
     ) -> Result<Touched, Rejection> {
         let reply = self
-            .call(
-                fcall(
-                    "ca1_touch_credential",
-                    &[keys::credential_id(credential_id)],
-                )
-                .arg(self.time_arg())
-                .arg(reach_arg(reach))
-                .arg(self.retention())
-                .to_owned(),
-            )
+            .call(self.by_id("ca1_touch_credential", credential_id, reach))
             .await?;
         let parts = array(&reply)?;
         match tag(parts)? {
@@ -276,16 +267,7 @@ impl RedisStore {
         reach: Reach<'_>,
     ) -> Result<CredentialRevocation, Rejection> {
         let reply = self
-            .call_write(
-                fcall(
-                    "ca1_revoke_credential",
-                    &[keys::credential_id(credential_id)],
-                )
-                .arg(self.time_arg())
-                .arg(reach_arg(reach))
-                .arg(self.retention())
-                .to_owned(),
-            )
+            .call_write(self.by_id("ca1_revoke_credential", credential_id, reach))
             .await?;
         let parts = array(&reply)?;
         let revocation = match tag(parts)? {
@@ -341,6 +323,15 @@ impl RedisStore {
         let parts = array(&reply)?;
         let count = integer(parts.first().ok_or_else(unreadable)?).ok_or_else(unreadable)?;
         Ok(count.max(0) as u64)
+    }
+
+    /// A call of `function` on one credential named by its id.
+    fn by_id(&self, function: &str, credential_id: &CredentialId, reach: Reach<'_>) -> redis::Cmd {
+        fcall(function, &[keys::credential_id(credential_id)])
+            .arg(self.time_arg())
+            .arg(reach_arg(reach))
+            .arg(self.retention())
+            .to_owned()
     }
 
     /// Touch or RevokeThread: one function over the thread's credentials.
