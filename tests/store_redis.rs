@@ -289,9 +289,21 @@ async fn the_redis_password_is_used_and_never_logged() {
     assert!(!second.log().contains(password), "{}", second.log());
 }
 
+/// libfaketime from Debian's `faketime` package (scripts/install-test-tools).
+fn faketime_library() -> String {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .find(|lib| lib.exists())
+        .map(|lib| lib.display().to_string())
+        .expect("libfaketime is installed (scripts/install-test-tools installs faketime)")
+}
+
 /// Catches: deadlines computed from the authority's own clock (replicas
 /// whose clocks differ would disagree on who is idle) instead of Redis's
-/// `TIME`. One authority runs under faketime seven minutes ahead.
+/// `TIME`. One authority runs under libfaketime seven minutes ahead.
 #[tokio::test]
 async fn authorities_with_skewed_clocks_agree_on_deadlines() {
     let redis = RedisServer::start(&[]);
@@ -305,7 +317,13 @@ async fn authorities_with_skewed_clocks_agree_on_deadlines() {
         "5m",
     ];
     let honest = Server::start(&flags);
-    let ahead = Server::start_under(&["faketime", "-f", "+7m"], &flags);
+    // libfaketime preloaded into the binary itself: the `faketime` command
+    // forks, and killing it would leave the server behind.
+    let libfaketime = faketime_library();
+    let ahead = Server::start_with_env(
+        &flags,
+        &[("LD_PRELOAD", libfaketime.as_str()), ("FAKETIME", "+7m")],
+    );
     let (mut on_honest, mut on_ahead) = (client(&honest).await, client(&ahead).await);
     let millis = |t: Option<prost_types::Timestamp>| {
         let t = t.expect("a deadline");

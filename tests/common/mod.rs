@@ -103,38 +103,8 @@ impl Server {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
-        Server::start_command(state, listen, flags, env, &[])
-    }
-
-    /// Starts the server under a wrapper command (`faketime -f +5m`, ...),
-    /// which runs the binary with its arguments.
-    pub fn start_under(wrapper: &[&str], flags: &[&str]) -> Server {
-        let state = Arc::new(tempfile::tempdir().expect("a state directory"));
-        Server::start_command(state, &["--listen", "127.0.0.1:0"], flags, &[], wrapper)
-    }
-
-    fn start_command(
-        state: Arc<tempfile::TempDir>,
-        listen: &[&str],
-        flags: &[&str],
-        env: &[(&str, &str)],
-        wrapper: &[&str],
-    ) -> Server {
         let state_dir = state.path().join("state");
-        let mut command = serve_command(listen, &state_dir, flags);
-        if let Some((program, wrapper_args)) = wrapper.split_first() {
-            let mut wrapped = Command::new(program);
-            wrapped
-                .args(wrapper_args)
-                .arg(command.get_program())
-                .args(command.get_args())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            command = wrapped;
-        }
-        let mut child = command
+        let mut child = serve_command(listen, &state_dir, flags)
             .envs(env.iter().copied())
             .spawn()
             .expect("the server binary starts");
