@@ -383,16 +383,7 @@ async fn authorities_with_skewed_clocks_agree_on_deadlines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_brings_back_nothing_revoked() {
     let mut primary = RedisServer::start(&[]);
-    let replica_of = primary.port.to_string();
-    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &replica_of]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !replica
-        .cli(&["INFO", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let replica = RedisServer::replica_of(&primary);
     let first = authority(
         &primary,
         &["--redis-min-replicas", "1", "--redis-timeout", "500ms"],
@@ -643,16 +634,7 @@ async fn a_death_stays_final_when_the_redis_clock_steps_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replica_fails_writes_but_never_holds_up_resolve() {
     let primary = RedisServer::start(&[]);
-    let of = primary.port.to_string();
-    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &of]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !replica
-        .cli(&["INFO", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let replica = RedisServer::replica_of(&primary);
     let server = authority(
         &primary,
         &["--redis-min-replicas", "1", "--redis-timeout", "2s"],

@@ -37,6 +37,21 @@ impl RedisServer {
         panic!("redis-server did not start");
     }
 
+    /// A replica of `primary`, once it has synced.
+    pub fn replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

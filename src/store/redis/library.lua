@@ -241,21 +241,30 @@ end
 
 -- Checks up to `limit` listed credentials of `set` whose earliest death is
 -- due: the dead are unlisted, the live rescored by their next deadline.
+-- Checks one listed credential of `set`: gone, it leaves the set; dead, it
+-- is unlisted. Returns the record when it is live.
+local function settle_listed(set, digest, now, retention)
+  local key = cred_key(digest)
+  local r = read(key)
+  if not r then
+    redis.call('ZREM', set, digest)
+    return nil
+  end
+  local reason = death(r, now, gens_key(bucket_of(digest)), key)
+  if reason then
+    unlist(key, digest, r, reason, retention)
+    return nil
+  end
+  return r
+end
+
 local function prune_due(set, now, limit, retention)
   local due = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
   for _, digest in ipairs(due) do
-    local key = cred_key(digest)
-    local r = read(key)
-    if not r then
-      redis.call('ZREM', set, digest)
-    else
-      local reason = death(r, now, gens_key(bucket_of(digest)), key)
-      if reason then
-        unlist(key, digest, r, reason, retention)
-      else
-        local _, idle = deadlines(r, r.lu)
-        redis.call('ZADD', set, idle, digest)
-      end
+    local r = settle_listed(set, digest, now, retention)
+    if r then
+      local _, idle = deadlines(r, r.lu)
+      redis.call('ZADD', set, idle, digest)
     end
   end
   return #due
@@ -349,14 +358,7 @@ local function mint(keys, a)
       -- At the quota: look at every listed credential of the caller, not
       -- only those due (a RevokeAll of an instance ends some early).
       for _, digest in ipairs(redis.call('ZRANGE', counts.owner, 0, QUOTA_SCAN - 1)) do
-        local ckey = cred_key(digest)
-        local r = read(ckey)
-        if not r then
-          redis.call('ZREM', counts.owner, digest)
-        else
-          local reason = death(r, now, gens_key(bucket_of(digest)), ckey)
-          if reason then unlist(ckey, digest, r, reason, retention) end
-        end
+        settle_listed(counts.owner, digest, now, retention)
       end
       held = redis.call('ZCARD', counts.owner) - replaced_mine
       if held >= tonumber(quota) then return {'Q', quota} end
