@@ -391,6 +391,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDENTIAL_AUTHORITY_RENEWAL_CHECKPOINT", default_value = "1s", value_parser = parse_duration)]
     pub renewal_checkpoint: Duration,
 
+    /// Under load, how long a journal write may wait for more Mints and
+    /// revocations to share its fdatasync, while they keep arriving (0s:
+    /// never). A write that follows a lone caller's never waits.
+    #[arg(long, env = "CREDENTIAL_AUTHORITY_JOURNAL_COMMIT_DELAY", default_value = "2ms", value_parser = parse_delay)]
+    pub journal_commit_delay: Duration,
+
     /// Start after cutting a damaged journal at FILE:OFFSET, as the refusal
     /// to start names it: what follows is lost.
     #[arg(
@@ -482,6 +488,7 @@ impl ServeArgs {
                     .unwrap_or_else(|| state_dir.join("store"));
                 let mut options = DurableOptions::new(dir);
                 options.renewal_checkpoint = self.renewal_checkpoint;
+                options.journal = options.journal.commit_delay(self.journal_commit_delay);
                 Storage::Durable(options.truncate_at(self.truncate_journal_at.clone()))
             }
         })
@@ -585,6 +592,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be at least 1ms".to_owned());
     }
     Ok(duration)
+}
+
+/// A delay: a duration as [`parse_duration`] reads it, or `0s` for none.
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(Duration::ZERO) => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
@@ -96,6 +97,18 @@ pub(super) struct Boundary {
     pub(super) clock: u64,
 }
 
+/// A batch lets more appends join it (see `Writer::gather`) only after one
+/// of at least this many records, a sign of many concurrent writers: a lone
+/// caller's write, or a handful's, never waits.
+const GATHER_AFTER: u32 = 16;
+
+/// A batch this full is written without waiting any longer.
+const GATHER_FULL: u32 = 256;
+
+/// A batch being gathered is written once no append has joined it for this
+/// long: the callers who were coming have come.
+const LULL: Duration = Duration::from_micros(200);
+
 /// The batch being filled, and requests for the writer.
 #[derive(Debug)]
 pub(super) struct Pending {
@@ -116,11 +129,20 @@ pub(super) struct Pending {
     writer_idle: bool,
     /// The buffer of the previous batch, returned for reuse.
     spare: Vec<u8>,
+    /// Set while the writer lets the batch grow (see `Writer::gather`):
+    /// appenders wake it only when the batch is full, other requests at
+    /// once.
+    gathering: bool,
     /// Set when the writer has stopped: every later append fails with it.
     stopped: Option<JournalError>,
 }
 
 impl Pending {
+    /// Whether a request wants the batch written without delay.
+    fn urgent(&self) -> bool {
+        self.force || self.rotate.is_some() || self.shutdown
+    }
+
     /// An empty batch.
     fn new() -> Pending {
         Pending {
@@ -132,6 +154,7 @@ impl Pending {
             shutdown: false,
             writer_idle: false,
             spare: Vec::new(),
+            gathering: false,
             stopped: None,
         }
     }
@@ -235,7 +258,13 @@ impl Shared {
         push_record(&mut pending.buf, payload, crc);
         pending.count += 1;
         let outcome = want_outcome.then(|| pending.outcome.clone());
-        self.signal(&mut pending);
+        if pending.gathering {
+            if pending.count >= GATHER_FULL {
+                self.wake.notify_one();
+            }
+        } else {
+            self.signal(&mut pending);
+        }
         Ok(outcome)
     }
 
@@ -271,7 +300,7 @@ impl Shared {
 
     /// Wakes the writer if it sleeps.
     fn signal(&self, pending: &mut Pending) {
-        if pending.writer_idle {
+        if pending.writer_idle || pending.gathering {
             pending.writer_idle = false;
             self.wake.notify_one();
         }
@@ -313,6 +342,8 @@ struct Writer {
     dirty_tail: bool,
     /// Appends are failing (reported once, until one succeeds).
     failing: bool,
+    /// How long a batch may wait for more appends under load (zero: never).
+    commit_delay: Duration,
 }
 
 /// Starts the writer thread on `segment`.
@@ -320,6 +351,7 @@ pub(super) fn spawn(
     shared: Arc<Shared>,
     segment: ActiveSegment,
     segment_bytes: u64,
+    commit_delay: Duration,
 ) -> Result<std::thread::JoinHandle<()>, JournalError> {
     shared
         .counters
@@ -332,6 +364,7 @@ pub(super) fn spawn(
         segment_bytes,
         dirty_tail: false,
         failing: false,
+        commit_delay,
     };
     std::thread::Builder::new()
         .name("journal-writer".into())
@@ -343,6 +376,7 @@ impl Writer {
     /// Writes batches until told to stop.
     fn run(&mut self) {
         let _stop = StopOnExit(self.shared.clone());
+        let mut last_count = 0u32;
         loop {
             let mut pending = self.shared.pending.lock();
             while pending.count == 0 && !pending.force && pending.rotate.is_none() {
@@ -352,6 +386,9 @@ impl Writer {
                 pending.writer_idle = true;
                 self.shared.wake.wait(&mut pending);
             }
+            if !self.commit_delay.is_zero() && last_count >= GATHER_AFTER {
+                self.gather(&mut pending);
+            }
             let write = pending.count > 0 || pending.force;
             let spare = std::mem::take(&mut pending.spare);
             let mut batch = std::mem::replace(&mut pending.buf, spare);
@@ -359,6 +396,7 @@ impl Writer {
                 pending.buf.resize(BATCH_HEADER_LEN, 0);
             }
             let count = std::mem::take(&mut pending.count);
+            last_count = count;
             let outcome = std::mem::replace(&mut pending.outcome, Outcome::new());
             pending.force = false;
             let rotate = pending.rotate.take();
@@ -384,6 +422,28 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Lets a batch grow while appends keep arriving: waits until none has
+    /// come for [`LULL`], the batch holds [`GATHER_FULL`] records, someone
+    /// needs the batch now (a forced batch, a rotation, shutdown), or the
+    /// commit delay has passed since the first wait.
+    fn gather(&self, pending: &mut parking_lot::MutexGuard<'_, Pending>) {
+        let deadline = Instant::now() + self.commit_delay;
+        pending.gathering = true;
+        loop {
+            let before = pending.count;
+            let now = Instant::now();
+            if now >= deadline || before >= GATHER_FULL || pending.urgent() {
+                break;
+            }
+            let until = deadline.min(now + LULL);
+            self.shared.wake.wait_until(pending, until);
+            if pending.count == before {
+                break;
+            }
+        }
+        pending.gathering = false;
     }
 
     /// Writes one batch at the durable end of the segment and syncs it; on

@@ -233,6 +233,61 @@ async fn many_async_appenders_are_all_woken() {
     );
 }
 
+/// Catches: a writer that, having seen a large batch, waits out the whole
+/// commit delay instead of stopping once appends stop coming (here the
+/// delay is an hour: the lone append after the burst would never finish).
+#[test]
+fn a_gathering_batch_is_written_once_appends_stop_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions::default().commit_delay(Duration::from_secs(3600));
+    let (journal, _) = open_with(dir.path(), options).unwrap();
+    const BURST: usize = 64;
+    let mut appended = 0;
+    // A barrier-started burst makes a batch of 16 or more (whatever missed
+    // the first fsync joins the next); read from the file, and tried again
+    // in the unlikely case the scheduler spread it thin.
+    for _attempt in 0..5 {
+        let start = Arc::new(Barrier::new(BURST));
+        let appenders: Vec<_> = (appended..appended + BURST)
+            .map(|i| {
+                let (journal, start) = (journal.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    journal.append(&record(i)).wait_blocking()
+                })
+            })
+            .collect();
+        for appender in appenders {
+            appender.join().unwrap().unwrap();
+        }
+        appended += BURST;
+        let segment = segments(dir.path()).pop().unwrap();
+        if batch_ends(&segment).iter().any(|&(_, count)| count >= 16) {
+            break;
+        }
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    assert!(
+        batch_ends(&segment).iter().any(|&(_, count)| count >= 16),
+        "no burst made a batch of 16 or more, for the next to gather"
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    let lone = journal.clone();
+    let lone = std::thread::spawn(move || {
+        let written = lone.append(&record(appended)).wait_blocking();
+        drop(lone);
+        done.send(written)
+    });
+    finished
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the lone append is written without waiting out the delay")
+        .unwrap();
+    lone.join().unwrap().unwrap();
+    drop(journal);
+    let (_journal, recovered) = open(dir.path());
+    assert_eq!(payloads(&recovered).len(), appended + 1);
+}
+
 /// Writes `durable` records one batch each through the journal, then
 /// `torn` more as one final batch; returns the segment's path.
 fn journal_with_last_batches(dir: &Path, durable: usize, torn: usize) -> PathBuf {
