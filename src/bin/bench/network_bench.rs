@@ -155,6 +155,9 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         .encode_to_vec(),
     );
 
+    // Each pair a target compares is adjacent, and measure_calls reverses
+    // the order every other round: the two sides of a ratio run back to
+    // back, neither always first.
     let calls = [
         Call {
             name: "Health/Check",
@@ -169,12 +172,6 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
             frame: resolve_frame(&token),
         },
         Call {
-            name: "Mint",
-            target: &server,
-            path: MINT,
-            frame: mint_frame.clone(),
-        },
-        Call {
             name: "Resolve, caller authentication off",
             target: &open,
             path: RESOLVE,
@@ -187,6 +184,12 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
             frame: resolve_frame(&memory_token),
         },
         Call {
+            name: "Mint",
+            target: &server,
+            path: MINT,
+            frame: mint_frame.clone(),
+        },
+        Call {
             name: "Mint, memory store",
             target: &memory,
             path: MINT,
@@ -194,8 +197,9 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         },
     ];
     let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
-    measure_calls(&calls, load, work, &scope, report)?;
-    durability_checks(report, &scope, load);
+    let rounds = measure_calls(&calls, load, work, &scope, report)?;
+    let paired = Paired::of(&calls, &rounds);
+    durability_checks(report, &paired, &scope, load);
     // Latency at the same offered load: both calls at 70% of what Health
     // sustained, so neither is measured in its own overload queue.
     let health = report
@@ -297,7 +301,7 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         load.in_flight(),
         &redis,
     ));
-    network_checks(report, &scope, &fixed_scope, load);
+    network_checks(report, &scope, &fixed_scope, &paired, load);
     Ok(())
 }
 
@@ -357,23 +361,15 @@ fn ratio_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> 
         format!("{failed} Resolve calls failed"),
         failed == 0,
     );
-    let (Some(resolve), Some(health)) = (
-        report.find(&scope, "Resolve", load.in_flight()).cloned(),
-        report
-            .find(&scope, "Health/Check", load.in_flight())
-            .cloned(),
-    ) else {
-        return Ok(());
-    };
-    report.check(
-        "gRPC Resolve throughput >= 0.95x Health/Check",
-        format!(
-            "{:.2}x ({:.0}/s vs {:.0}/s)",
-            resolve.ops_per_sec / health.ops_per_sec,
-            resolve.ops_per_sec,
-            health.ops_per_sec
-        ),
-        resolve.ops_per_sec >= 0.95 * health.ops_per_sec,
+    paired_check(
+        report,
+        &Paired::of(&calls, &rounds),
+        "gRPC Resolve throughput >= 0.95x Health/Check".to_owned(),
+        "Resolve",
+        "Health/Check",
+        0.95,
+        &scope,
+        load.in_flight(),
     );
     Ok(())
 }
@@ -401,9 +397,9 @@ pub(crate) struct Call<'a> {
     pub(crate) frame: Vec<u8>,
 }
 
-/// Runs h2load rounds over `calls`, alternating so that drift hits them
-/// alike; the median round of each becomes a figure in `scope`. Returns
-/// every round, per call.
+/// Runs h2load rounds over `calls`, alternating (every other round in
+/// reverse order) so that drift hits them alike; the median round of each
+/// becomes a figure in `scope`. Returns every round, per call.
 pub(crate) fn measure_calls(
     calls: &[Call<'_>],
     load: Load,
@@ -413,7 +409,12 @@ pub(crate) fn measure_calls(
 ) -> anyhow::Result<Vec<Vec<Round>>> {
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); calls.len()];
     for round in 0..load.rounds.max(1) {
-        for (i, call) in calls.iter().enumerate() {
+        let mut order: Vec<usize> = (0..calls.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let call = &calls[i];
             let frame_path = work.join(format!("frame-{i}.bin"));
             std::fs::write(&frame_path, &call.frame)?;
             eprintln!("# {scope}: {}, round {}", call.name, round + 1);
@@ -434,33 +435,108 @@ pub(crate) fn measure_calls(
 /// The path of Mint.
 const MINT: &str = "/credential_authority.v1.CredentialAuthority/Mint";
 
+/// The rounds of one measurement by call name, for ratios of paired
+/// rounds: round `r` of one call against round `r` of another, run back to
+/// back, whose median moves far less between runs than a ratio of two
+/// medians taken minutes apart.
+pub(crate) struct Paired {
+    rounds: Vec<(String, Vec<Round>)>,
+}
+
+impl Paired {
+    /// The rounds `measure_calls` returned for `calls`.
+    pub(crate) fn of(calls: &[Call<'_>], rounds: &[Vec<Round>]) -> Paired {
+        Paired {
+            rounds: calls
+                .iter()
+                .zip(rounds)
+                .map(|(call, rounds)| (call.name.to_owned(), rounds.clone()))
+                .collect(),
+        }
+    }
+
+    /// The median over rounds of `a`'s throughput over `b`'s, with each
+    /// round's ratio for the report; `None` if either was not measured.
+    pub(crate) fn ratio(&self, a: &str, b: &str) -> Option<(f64, String)> {
+        let find = |name: &str| {
+            self.rounds
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|r| r.1.as_slice())
+        };
+        let (a, b) = (find(a)?, find(b)?);
+        let mut ratios: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| a.ops_per_sec / b.ops_per_sec)
+            .collect();
+        let each = ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        ratios.sort_by(f64::total_cmp);
+        let median = *ratios.get(ratios.len() / 2)?;
+        Some((median, each))
+    }
+}
+
+/// Checks that `a` is at least `floor` times `b`, by the median of their
+/// paired rounds; the medians of each are printed beside it.
+#[allow(clippy::too_many_arguments)]
+fn paired_check(
+    report: &mut Report,
+    paired: &Paired,
+    target: String,
+    a: &str,
+    b: &str,
+    floor: f64,
+    scope: &str,
+    n: usize,
+) {
+    let Some((ratio, each)) = paired.ratio(a, b) else {
+        return;
+    };
+    let median = |name: &str| report.find(scope, name, n).map_or(0.0, |f| f.ops_per_sec);
+    let measured = format!(
+        "{ratio:.2}x, median of paired rounds ({each}); medians {:.0}/s vs {:.0}/s",
+        median(a),
+        median(b)
+    );
+    report.check(target, measured, ratio >= floor);
+}
+
 /// What the durable store costs over gRPC: the default server against the
-/// same binary on `--store memory`, in the same rounds.
-fn durability_checks(report: &mut Report, scope: &str, load: Load) {
+/// same binary on `--store memory`, in paired rounds.
+fn durability_checks(report: &mut Report, paired: &Paired, scope: &str, load: Load) {
     let n = load.in_flight();
-    let figure = |name: &str| report.find(scope, name, n).map(|f| f.ops_per_sec);
-    let pairs = [
+    for (durable, memory, floor) in [
         ("Resolve", "Resolve, memory store", 0.95),
         ("Mint", "Mint, memory store", 0.5),
-    ];
-    let checks: Vec<(String, String, bool)> = pairs
-        .iter()
-        .filter_map(|&(durable, memory, floor)| {
-            let (d, m) = (figure(durable)?, figure(memory)?);
-            Some((
-                format!("gRPC {durable} on the durable store >= {floor}x the memory store, {n} in flight"),
-                format!("{:.2}x ({d:.0}/s vs {m:.0}/s)", d / m),
-                d >= floor * m,
-            ))
-        })
-        .collect();
-    for (target, measured, met) in checks {
-        report.check(target, measured, met);
+    ] {
+        paired_check(
+            report,
+            paired,
+            format!(
+                "gRPC {durable} on the durable store >= {floor}x the memory store, {n} in flight"
+            ),
+            durable,
+            memory,
+            floor,
+            scope,
+            n,
+        );
     }
 }
 
 /// Targets comparing the network figures of this run.
-fn network_checks(report: &mut Report, scope: &str, fixed_scope: &str, load: Load) {
+fn network_checks(
+    report: &mut Report,
+    scope: &str,
+    fixed_scope: &str,
+    paired: &Paired,
+    load: Load,
+) {
     let redis_scope = format!("Redis direct, redis-benchmark {} clients", load.in_flight());
     let (Some(resolve), Some(health), Some(redis)) = (
         report.find(scope, "Resolve", load.in_flight()).cloned(),
@@ -494,34 +570,26 @@ fn network_checks(report: &mut Report, scope: &str, fixed_scope: &str, load: Loa
             p99(&resolve) <= 1.2 * p99(&health),
         );
     }
-    if let Some(open) = report
-        .find(
-            scope,
-            "Resolve, caller authentication off",
-            load.in_flight(),
-        )
-        .cloned()
-    {
-        report.check(
-            "gRPC Resolve with caller authentication >= 0.95x Resolve without",
-            format!(
-                "{:.2}x ({:.0}/s vs {:.0}/s)",
-                resolve.ops_per_sec / open.ops_per_sec,
-                resolve.ops_per_sec,
-                open.ops_per_sec
-            ),
-            resolve.ops_per_sec >= 0.95 * open.ops_per_sec,
-        );
-    }
-    report.check(
-        "gRPC Resolve throughput >= 0.95x Health/Check",
-        format!(
-            "{:.2}x ({:.0}/s vs {:.0}/s)",
-            resolve.ops_per_sec / health.ops_per_sec,
-            resolve.ops_per_sec,
-            health.ops_per_sec
-        ),
-        resolve.ops_per_sec >= 0.95 * health.ops_per_sec,
+    let n = load.in_flight();
+    paired_check(
+        report,
+        paired,
+        "gRPC Resolve with caller authentication >= 0.95x Resolve without".to_owned(),
+        "Resolve",
+        "Resolve, caller authentication off",
+        0.95,
+        scope,
+        n,
+    );
+    paired_check(
+        report,
+        paired,
+        "gRPC Resolve throughput >= 0.95x Health/Check".to_owned(),
+        "Resolve",
+        "Health/Check",
+        0.95,
+        scope,
+        n,
     );
     report.check(
         "gRPC Resolve p99 <= 1.2x Health/Check p99, both saturated (closed loop)",
