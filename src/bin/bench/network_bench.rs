@@ -415,6 +415,7 @@ pub(crate) fn measure_calls(
         }
         for i in order {
             let call = &calls[i];
+            settle(calls.iter().map(|c| c.target));
             let frame_path = work.join(format!("frame-{i}.bin"));
             std::fs::write(&frame_path, &call.frame)?;
             eprintln!("# {scope}: {}, round {}", call.name, round + 1);
@@ -430,6 +431,40 @@ pub(crate) fn measure_calls(
         ));
     }
     Ok(rounds)
+}
+
+/// Waits (at most 15 s) until the servers under measurement are idle: no
+/// more than 10% of a core over a quarter of a second between them. A Mint
+/// round leaves work behind on the durable server (a compaction starts at
+/// the next checkpoint once the journal has grown past 64 MiB, and takes a
+/// core for a second or two); without this wait it ran during whichever
+/// round came next, on any server, since they share the two cores.
+fn settle<'a>(targets: impl Iterator<Item = &'a Target>) {
+    let mut pids: Vec<u32> = targets.map(|t| t._process.0.id()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let ticks = || -> u64 {
+        pids.iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|stat| {
+                // utime and stime: fields 14 and 15, counted after the
+                // command name's closing parenthesis.
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let before = ticks();
+        std::thread::sleep(Duration::from_millis(250));
+        if ticks().saturating_sub(before) * 40 <= per_second {
+            return;
+        }
+    }
+    eprintln!("# the servers were still busy after 15 s; measuring anyway");
 }
 
 /// The path of Mint.
