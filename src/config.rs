@@ -594,17 +594,37 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// A delay: a duration as [`parse_duration`] reads it, or `0s` for none.
+/// A short delay: a duration as [`parse_duration`] reads it, `0s` for
+/// none, at most one second (a write never waits longer for company).
 fn parse_delay(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(Duration::ZERO) => Ok(Duration::ZERO),
-        _ => parse_duration(text),
+    let delay = match humantime::parse_duration(text) {
+        Ok(Duration::ZERO) => Duration::ZERO,
+        _ => parse_duration(text)?,
+    };
+    if delay > Duration::from_secs(1) {
+        return Err("must be at most 1s".to_owned());
     }
+    Ok(delay)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Catches: a commit delay that cannot be turned off (`0s` refused) or
+    /// that takes any length (a huge one overflowed the writer's deadline).
+    #[test]
+    fn the_commit_delay_is_zero_or_short() {
+        assert_eq!(parse_delay("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_delay("2ms"), Ok(Duration::from_millis(2)));
+        assert_eq!(parse_delay("1s"), Ok(Duration::from_secs(1)));
+        assert!(parse_delay("2s").is_err());
+        assert!(parse_delay("300000000000years").is_err());
+        assert!(
+            parse_delay("500us").is_err(),
+            "below 1ms, as every duration flag"
+        );
+    }
 
     #[test]
     fn defaults_match_the_reference_registry() {

@@ -76,7 +76,7 @@ struct Args {
     /// Only the Redis backend's figures (for a quick look at them).
     #[arg(long)]
     only_redis: bool,
-    /// Only the gRPC Health/Check and Resolve rows (alternating `--rounds`
+    /// Only the gRPC Health/Check and Resolve rows (alternating `--ratio-rounds`
     /// rounds) and the Resolve >= 0.95x Health/Check target: no store,
     /// Mint, durability, fixed-rate, log-off or Redis figures.
     #[arg(long)]

@@ -155,9 +155,10 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
         .encode_to_vec(),
     );
 
-    // Each pair a target compares is adjacent, and measure_calls reverses
-    // the order every other round: the two sides of a ratio run back to
-    // back, neither always first.
+    // Resolve sits next to Health/Check and between the calls it is
+    // compared with, Mint next to its memory-store twin, and measure_calls
+    // reverses the order every other round: the two sides of a ratio run
+    // close together, neither always first.
     let calls = [
         Call {
             name: "Health/Check",
@@ -434,11 +435,13 @@ pub(crate) fn measure_calls(
 }
 
 /// Waits (at most 15 s) until the servers under measurement are idle: no
-/// more than 10% of a core over a quarter of a second between them. A Mint
-/// round leaves work behind on the durable server (a compaction starts at
-/// the next checkpoint once the journal has grown past 64 MiB, and takes a
-/// core for a second or two); without this wait it ran during whichever
-/// round came next, on any server, since they share the two cores.
+/// more than 10% of a core between them in each of five quarter-seconds in
+/// a row, longer than the 1 s between checkpoints that start a compaction.
+/// A Mint round leaves work behind on the durable server (a compaction
+/// starts at the next checkpoint once the journal has grown past 64 MiB,
+/// and takes a core for a second or two); without this wait it ran during
+/// whichever round came next, on any server, since they share the two
+/// cores.
 fn settle<'a>(targets: impl Iterator<Item = &'a Target>) {
     let mut pids: Vec<u32> = targets.map(|t| t._process.0.id()).collect();
     pids.sort_unstable();
@@ -457,11 +460,17 @@ fn settle<'a>(targets: impl Iterator<Item = &'a Target>) {
     // SAFETY: sysconf has no preconditions.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut quiet = 0;
     while Instant::now() < deadline {
         let before = ticks();
         std::thread::sleep(Duration::from_millis(250));
         if ticks().saturating_sub(before) * 40 <= per_second {
-            return;
+            quiet += 1;
+            if quiet == 5 {
+                return;
+            }
+        } else {
+            quiet = 0;
         }
     }
     eprintln!("# the servers were still busy after 15 s; measuring anyway");

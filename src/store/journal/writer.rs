@@ -429,7 +429,9 @@ impl Writer {
     /// needs the batch now (a forced batch, a rotation, shutdown), or the
     /// commit delay has passed since the first wait.
     fn gather(&self, pending: &mut parking_lot::MutexGuard<'_, Pending>) {
-        let deadline = Instant::now() + self.commit_delay;
+        let Some(deadline) = Instant::now().checked_add(self.commit_delay) else {
+            return;
+        };
         pending.gathering = true;
         loop {
             let before = pending.count;

@@ -243,9 +243,10 @@ fn a_gathering_batch_is_written_once_appends_stop_coming() {
     let (journal, _) = open_with(dir.path(), options).unwrap();
     const BURST: usize = 64;
     let mut appended = 0;
-    // A barrier-started burst makes a batch of 16 or more (whatever missed
-    // the first fsync joins the next); read from the file, and tried again
-    // in the unlikely case the scheduler spread it thin.
+    // A barrier-started burst ends with a batch of 16 or more (whatever
+    // missed the first fsync joins the next): it is the last batch that
+    // decides whether the next one gathers. Read from the file, and tried
+    // again in case the scheduler spread a burst thin.
     for _attempt in 0..5 {
         let start = Arc::new(Barrier::new(BURST));
         let appenders: Vec<_> = (appended..appended + BURST)
@@ -261,15 +262,13 @@ fn a_gathering_batch_is_written_once_appends_stop_coming() {
             appender.join().unwrap().unwrap();
         }
         appended += BURST;
-        let segment = segments(dir.path()).pop().unwrap();
-        if batch_ends(&segment).iter().any(|&(_, count)| count >= 16) {
+        if last_batch_count(dir.path()) >= 16 {
             break;
         }
     }
-    let segment = segments(dir.path()).pop().unwrap();
     assert!(
-        batch_ends(&segment).iter().any(|&(_, count)| count >= 16),
-        "no burst made a batch of 16 or more, for the next to gather"
+        last_batch_count(dir.path()) >= 16,
+        "no burst ended with a batch of 16 or more, for the next to gather"
     );
     let (done, finished) = std::sync::mpsc::channel();
     let lone = journal.clone();
@@ -286,6 +285,12 @@ fn a_gathering_batch_is_written_once_appends_stop_coming() {
     drop(journal);
     let (_journal, recovered) = open(dir.path());
     assert_eq!(payloads(&recovered).len(), appended + 1);
+}
+
+/// The record count of the newest batch of the journal in `dir`.
+fn last_batch_count(dir: &Path) -> u32 {
+    let segment = segments(dir).pop().expect("a segment");
+    batch_ends(&segment).last().map_or(0, |&(_, count)| count)
 }
 
 /// Writes `durable` records one batch each through the journal, then
