@@ -393,7 +393,8 @@ pub struct ServeArgs {
 
     /// Under load, how long a journal write may wait for more Mints and
     /// revocations to share its fdatasync, while they keep arriving (0s:
-    /// never). A write that follows a lone caller's never waits.
+    /// never, at most 1s). Only after a batch of 16 or more: a lone
+    /// caller's write, or a handful's, never waits.
     #[arg(long, env = "CREDENTIAL_AUTHORITY_JOURNAL_COMMIT_DELAY", default_value = "2ms", value_parser = parse_delay)]
     pub journal_commit_delay: Duration,
 

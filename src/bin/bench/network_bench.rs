@@ -200,7 +200,7 @@ fn run_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> an
     let scope = format!("gRPC, h2load {}x{}", load.connections, load.streams);
     let rounds = measure_calls(&calls, load, work, &scope, report)?;
     let paired = Paired::of(&calls, &rounds);
-    durability_checks(report, &paired, &scope, load);
+    durability_checks(report, &paired, load);
     // Latency at the same offered load: both calls at 70% of what Health
     // sustained, so neither is measured in its own overload queue.
     let health = report
@@ -369,8 +369,6 @@ fn ratio_in(server_bin: &Path, load: Load, report: &mut Report, work: &Path) -> 
         "Resolve",
         "Health/Check",
         0.95,
-        &scope,
-        load.in_flight(),
     );
     Ok(())
 }
@@ -443,7 +441,7 @@ pub(crate) fn measure_calls(
 /// whichever round came next, on any server, since they share the two
 /// cores.
 fn settle<'a>(targets: impl Iterator<Item = &'a Target>) {
-    let mut pids: Vec<u32> = targets.map(|t| t._process.0.id()).collect();
+    let mut pids: Vec<u32> = targets.map(|t| t.process.0.id()).collect();
     pids.sort_unstable();
     pids.dedup();
     let ticks = || -> u64 {
@@ -499,8 +497,9 @@ impl Paired {
         }
     }
 
-    /// The median over rounds of `a`'s throughput over `b`'s, with each
-    /// round's ratio for the report; `None` if either was not measured.
+    /// The median over rounds of `a`'s throughput over `b`'s, and the
+    /// words the report prints for it (each round's ratio, each call's
+    /// median); `None` if either was not measured.
     pub(crate) fn ratio(&self, a: &str, b: &str) -> Option<(f64, String)> {
         let find = |name: &str| {
             self.rounds
@@ -509,7 +508,11 @@ impl Paired {
                 .map(|r| r.1.as_slice())
         };
         let (a, b) = (find(a)?, find(b)?);
-        let mut ratios: Vec<f64> = a
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        let ratios: Vec<f64> = a
             .iter()
             .zip(b)
             .map(|(a, b)| a.ops_per_sec / b.ops_per_sec)
@@ -519,15 +522,19 @@ impl Paired {
             .map(|r| format!("{r:.2}"))
             .collect::<Vec<_>>()
             .join(", ");
-        ratios.sort_by(f64::total_cmp);
-        let median = *ratios.get(ratios.len() / 2)?;
-        Some((median, each))
+        let ratio = median(ratios)?;
+        let of = |rounds: &[Round]| median(rounds.iter().map(|r| r.ops_per_sec).collect());
+        let words = format!(
+            "{ratio:.2}x, median of paired rounds ({each}); medians {:.0}/s vs {:.0}/s",
+            of(a)?,
+            of(b)?
+        );
+        Some((ratio, words))
     }
 }
 
 /// Checks that `a` is at least `floor` times `b`, by the median of their
-/// paired rounds; the medians of each are printed beside it.
-#[allow(clippy::too_many_arguments)]
+/// paired rounds.
 fn paired_check(
     report: &mut Report,
     paired: &Paired,
@@ -535,24 +542,15 @@ fn paired_check(
     a: &str,
     b: &str,
     floor: f64,
-    scope: &str,
-    n: usize,
 ) {
-    let Some((ratio, each)) = paired.ratio(a, b) else {
-        return;
-    };
-    let median = |name: &str| report.find(scope, name, n).map_or(0.0, |f| f.ops_per_sec);
-    let measured = format!(
-        "{ratio:.2}x, median of paired rounds ({each}); medians {:.0}/s vs {:.0}/s",
-        median(a),
-        median(b)
-    );
-    report.check(target, measured, ratio >= floor);
+    if let Some((ratio, measured)) = paired.ratio(a, b) {
+        report.check(target, measured, ratio >= floor);
+    }
 }
 
 /// What the durable store costs over gRPC: the default server against the
 /// same binary on `--store memory`, in paired rounds.
-fn durability_checks(report: &mut Report, paired: &Paired, scope: &str, load: Load) {
+fn durability_checks(report: &mut Report, paired: &Paired, load: Load) {
     let n = load.in_flight();
     for (durable, memory, floor) in [
         ("Resolve", "Resolve, memory store", 0.95),
@@ -567,8 +565,6 @@ fn durability_checks(report: &mut Report, paired: &Paired, scope: &str, load: Lo
             durable,
             memory,
             floor,
-            scope,
-            n,
         );
     }
 }
@@ -614,7 +610,6 @@ fn network_checks(
             p99(&resolve) <= 1.2 * p99(&health),
         );
     }
-    let n = load.in_flight();
     paired_check(
         report,
         paired,
@@ -622,8 +617,6 @@ fn network_checks(
         "Resolve",
         "Resolve, caller authentication off",
         0.95,
-        scope,
-        n,
     );
     paired_check(
         report,
@@ -632,8 +625,6 @@ fn network_checks(
         "Resolve",
         "Health/Check",
         0.95,
-        scope,
-        n,
     );
     report.check(
         "gRPC Resolve p99 <= 1.2x Health/Check p99, both saturated (closed loop)",
@@ -680,7 +671,7 @@ pub(crate) fn median_figure(scope: &str, what: &str, in_flight: usize, rounds: &
 /// A server under load: its process, address, log and the caller key the
 /// load presents (none when it runs without caller authentication).
 pub(crate) struct Target {
-    _process: Reaped,
+    process: Reaped,
     addr: SocketAddr,
     log: PathBuf,
     key: Option<String>,
@@ -771,7 +762,7 @@ pub(crate) fn start_server(
                 lift_quotas(&state_dir, &log_path, child.0.id())?;
             }
             return Ok(Target {
-                _process: child,
+                process: child,
                 addr,
                 log: log_path,
                 key,

@@ -107,20 +107,28 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The end offset and record count of every batch in a segment file.
-fn batch_ends(path: &Path) -> Vec<(usize, u32)> {
-    let bytes = fs::read(path).unwrap();
-    let salt = frame::decode_file_header(frame::FileKind::Segment, &bytes)
+/// A segment's salt and every batch in its bytes, in order.
+fn segment_batches(bytes: &[u8]) -> (u32, Vec<frame::Batch>) {
+    let salt = frame::decode_file_header(frame::FileKind::Segment, bytes)
         .unwrap()
         .salt;
     let mut at = FILE_HEADER_LEN;
-    let mut ends = Vec::new();
+    let mut batches = Vec::new();
     while at < bytes.len() {
-        let batch = read_batch(&bytes, at, salt).expect("a valid batch");
+        let batch = read_batch(bytes, at, salt).expect("a valid batch");
         at = batch.end();
-        ends.push((at, batch.header.count));
+        batches.push(batch);
     }
-    ends
+    (salt, batches)
+}
+
+/// The end offset and record count of every batch in a segment file.
+fn batch_ends(path: &Path) -> Vec<(usize, u32)> {
+    let (_, batches) = segment_batches(&fs::read(path).unwrap());
+    batches
+        .iter()
+        .map(|batch| (batch.end(), batch.header.count))
+        .collect()
 }
 
 #[test]
@@ -316,29 +324,15 @@ fn journal_with_last_batches(dir: &Path, durable: usize, torn: usize) -> PathBuf
 /// a torn multi-record batch must not.
 fn append_one_batch(segment: &Path, records: std::ops::Range<usize>) {
     let mut bytes = fs::read(segment).unwrap();
-    let salt = frame::decode_file_header(frame::FileKind::Segment, &bytes)
-        .unwrap()
-        .salt;
+    let (salt, batches) = segment_batches(&bytes);
+    let clock = batches.last().map_or(0, |batch| batch.header.clock);
     let count = records.len() as u32;
     let mut batch = vec![0; frame::BATCH_HEADER_LEN];
     for i in records {
         let payload = record(i);
         frame::push_record(&mut batch, &payload, frame::record_crc(&payload));
     }
-    let clock = newest_batch_clock(&bytes, salt);
     frame::seal_batch(&mut batch, count, clock, salt);
     bytes.extend_from_slice(&batch);
     fs::write(segment, bytes).unwrap();
-}
-
-/// The clock of the last batch in a segment's bytes, 0 when it has none.
-fn newest_batch_clock(bytes: &[u8], salt: u32) -> u64 {
-    let mut at = FILE_HEADER_LEN;
-    let mut clock = 0;
-    while at < bytes.len() {
-        let batch = read_batch(bytes, at, salt).expect("a valid batch");
-        clock = batch.header.clock;
-        at = batch.end();
-    }
-    clock
 }
