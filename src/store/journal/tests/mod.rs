@@ -16,6 +16,11 @@ pub(crate) struct Faults {
     writes: AtomicU32,
     /// Syncs still to fail.
     syncs: AtomicU32,
+    /// Held by a test to stop the writer before its next sync, so that
+    /// appends made meanwhile are all pending at once.
+    sync_gate: parking_lot::Mutex<()>,
+    /// Syncs waiting at the gate.
+    syncs_held: AtomicU32,
 }
 
 impl Faults {
@@ -34,8 +39,23 @@ impl Faults {
         take(&self.writes)
     }
 
+    /// Stops every sync at the gate until the guard drops.
+    pub(crate) fn hold_syncs(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.sync_gate.lock()
+    }
+
+    /// How many syncs wait at the gate.
+    pub(crate) fn syncs_held(&self) -> u32 {
+        self.syncs_held.load(Ordering::SeqCst)
+    }
+
     /// Called before each segment sync.
     pub(super) fn before_sync(&self) -> io::Result<()> {
+        if self.sync_gate.try_lock().is_none() {
+            self.syncs_held.fetch_add(1, Ordering::SeqCst);
+            drop(self.sync_gate.lock());
+            self.syncs_held.fetch_sub(1, Ordering::SeqCst);
+        }
         take(&self.syncs)
     }
 }
@@ -56,6 +76,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
 
 use super::frame::{read_batch, FILE_HEADER_LEN};
 use super::*;
@@ -250,30 +271,29 @@ fn a_gathering_batch_is_written_once_appends_stop_coming() {
     let options = JournalOptions::default().commit_delay(Duration::from_secs(3600));
     let (journal, _) = open_with(dir.path(), options).unwrap();
     const BURST: usize = 64;
-    let mut appended = 0;
-    // A barrier-started burst ends with a batch of 16 or more (whatever
-    // missed the first fsync joins the next): it is the last batch that
-    // decides whether the next one gathers. Read from the file, and tried
-    // again in case the scheduler spread a burst thin.
-    for _attempt in 0..5 {
-        let start = Arc::new(Barrier::new(BURST));
-        let appenders: Vec<_> = (appended..appended + BURST)
-            .map(|i| {
-                let (journal, start) = (journal.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    journal.append(&record(i)).wait_blocking()
-                })
-            })
-            .collect();
-        for appender in appenders {
-            appender.join().unwrap().unwrap();
-        }
-        appended += BURST;
-        if last_batch_count(dir.path()) >= 16 {
-            break;
-        }
+    // It is the last batch that decides whether the next one gathers, so
+    // the test makes one of BURST records on purpose: the writer is held
+    // at its sync of a first record while the burst is appended, so the
+    // whole burst is pending at once and becomes the next batch (left to
+    // the scheduler, 64 threads on a busy CI machine sometimes never made
+    // a batch of 16).
+    let gate = journal.faults().hold_syncs();
+    let first = journal.append(&record(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal.faults().syncs_held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never reached its sync"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
+    let burst: Vec<_> = (1..=BURST).map(|i| journal.append(&record(i))).collect();
+    drop(gate);
+    first.wait_blocking().unwrap();
+    for durable in burst {
+        durable.wait_blocking().unwrap();
+    }
+    let appended = BURST + 1;
     assert!(
         last_batch_count(dir.path()) >= 16,
         "no burst ended with a batch of 16 or more, for the next to gather"
