@@ -107,7 +107,12 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let id = RequestId::for_request(&request);
-        let header = id.0.clone();
+        let mut header = id.0.clone();
+        // HPACK "never indexed": every response carries a different id, so
+        // indexing it would only churn the connection's dynamic table (each
+        // insert evicted an older entry after comparing the new value with
+        // every id still there: about a tenth of a call's instructions).
+        header.set_sensitive(true);
         request.extensions_mut().insert(id);
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -135,6 +140,27 @@ mod tests {
         let generated = RequestId::generate();
         assert_eq!(generated.as_str().len(), 32);
         assert_ne!(generated.as_str(), RequestId::generate().as_str());
+    }
+
+    /// Catches the echoed id going out as an ordinary (indexed) header:
+    /// each would evict an older entry from the connection's HPACK table.
+    #[tokio::test]
+    async fn the_echoed_id_is_never_indexed_and_the_callers_own_is_kept() {
+        let mut service = RequestIdLayer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
+        for sent in [None, Some("req-42")] {
+            let mut request = http::Request::builder();
+            if let Some(id) = sent {
+                request = request.header(HEADER, id);
+            }
+            let response = service.call(request.body(()).unwrap()).await.unwrap();
+            let echoed = &response.headers()[HEADER];
+            assert!(echoed.is_sensitive(), "indexed: {echoed:?}");
+            if let Some(id) = sent {
+                assert_eq!(echoed, id);
+            }
+        }
     }
 
     #[test]
