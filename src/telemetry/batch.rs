@@ -138,19 +138,34 @@ pub struct LineWriter<'a> {
     batch: &'a Batch,
 }
 
-impl std::io::Write for LineWriter<'_> {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut state = self.batch.state.lock();
+impl Batch {
+    /// Appends one whole line, or counts it dropped when the buffer is full.
+    fn append(&self, line: &[u8]) {
+        let mut state = self.state.lock();
         if state.lines.len() + line.len() > MAX_BUFFERED {
             drop(state);
-            self.batch.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(line.len());
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         state.lines.extend_from_slice(line);
         if state.idle {
             state.idle = false;
-            self.batch.wake.notify_one();
+            self.wake.notify_one();
         }
+    }
+}
+
+impl BatchWriter {
+    /// Appends one whole formatted line, as a subscriber's write would: for
+    /// the RPC line, which is written without going through the subscriber.
+    pub(crate) fn append(&self, line: &[u8]) {
+        self.batch.append(line);
+    }
+}
+
+impl std::io::Write for LineWriter<'_> {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.batch.append(line);
         Ok(line.len())
     }
 

@@ -7,8 +7,9 @@
 //! bytes as the stock text or JSON formatter would; every other event, and
 //! the RPC line whenever that path cannot promise the same bytes (colour on
 //! a terminal; in JSON, a span in scope), goes to the stock formatter.
-//! Lines are then handed to [`BatchWriter`], which writes them off the
-//! request path.
+//! Where the subscriber holds a [`DirectRpcLine`], the RPC line skips the
+//! subscriber altogether and is appended to the same buffer. Lines are
+//! then handed to [`BatchWriter`], which writes them off the request path.
 
 mod batch;
 mod rpc_line;
@@ -16,12 +17,14 @@ mod rpc_line;
 use std::io::IsTerminal as _;
 
 use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 pub use batch::{BatchWriter, FlushGuard, LineWriter};
-pub use rpc_line::{RpcLine, RpcLineFormat, RPC_TARGET};
+pub use rpc_line::{DirectRpcLine, RpcLine, RpcLineFormat, RPC_TARGET};
 
 /// Installs the global subscriber. Keep the guard until exit: dropping it
 /// writes the lines still buffered.
@@ -33,7 +36,7 @@ pub fn init(format: LogFormat) -> FlushGuard {
     let stock = tracing_subscriber::fmt::format().with_target(false);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     match format {
         LogFormat::Text => {
             let ansi = std::io::stdout().is_terminal();
@@ -41,6 +44,9 @@ pub fn init(format: LogFormat) -> FlushGuard {
             builder
                 .with_ansi(ansi)
                 .event_format(RpcLineFormat::text(stock))
+                .finish()
+                // Colour is painted only by the stock formatter's path.
+                .with((!ansi).then(|| DirectRpcLine::new(writer, false)))
                 .init()
         }
         // What `.json()` sets: JSON span fields and never any colour.
@@ -50,6 +56,8 @@ pub fn init(format: LogFormat) -> FlushGuard {
                 .with_ansi(false)
                 .fmt_fields(JsonFields::new())
                 .event_format(RpcLineFormat::json(stock.json().flatten_event(true)))
+                .finish()
+                .with(DirectRpcLine::new(writer, true))
                 .init()
         }
     }

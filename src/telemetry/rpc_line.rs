@@ -110,8 +110,15 @@ macro_rules! rpc_event {
 impl RpcLine<'_> {
     /// Emits the line as an INFO event: `rpc method=... request_id=...
     /// caller=... key_id=... credential_id=... outcome=... [code=...]
-    /// latency_us=...`, the field names a log query uses.
+    /// latency_us=...`, the field names a log query uses. Written straight
+    /// to the log buffer when the subscriber allows it (see
+    /// [`DirectRpcLine`]), else as a `tracing` event.
     pub fn write(&self) {
+        if tracing::enabled!(target: RPC_TARGET, Level::INFO)
+            && tracing::dispatcher::get_default(|dispatch| self.write_direct(dispatch))
+        {
+            return;
+        }
         if RAW_FIELDS.load(Ordering::Relaxed) {
             self.write_prerendered(JSON_FIELDS.load(Ordering::Relaxed));
         } else {
@@ -340,18 +347,8 @@ impl<F> RpcLineFormat<F> {
         S: Subscriber + for<'a> LookupSpan<'a>,
         N: for<'a> FormatFields<'a> + 'static,
     {
-        let level = *event.metadata().level();
-        if self.json {
-            line.push_str("{\"timestamp\":\"");
-            push_timestamp(line, (self.now)())?;
-            line.push_str("\",\"level\":\"");
-            line.push_str(level.as_str());
-            line.push('"');
-        } else {
-            push_timestamp(line, (self.now)())?;
-            line.push(' ');
-            line.push_str(padded(level));
-            line.push(' ');
+        push_prefix(line, self.json, *event.metadata().level(), (self.now)())?;
+        if !self.json {
             push_spans(line, ctx);
         }
         let prerendered = FIELDS.with(|fields| match fields.try_borrow() {
@@ -377,6 +374,25 @@ impl<F> RpcLineFormat<F> {
         line.push_str(if self.json { "}\n" } else { "\n" });
         Some(())
     }
+}
+
+/// What comes before the spans and fields: in JSON the timestamp and the
+/// level, in text the same and a space after each. `None` for a time only
+/// the stock timer can write (see [`push_timestamp`]).
+fn push_prefix(line: &mut String, json: bool, level: Level, now: SystemTime) -> Option<()> {
+    if json {
+        line.push_str("{\"timestamp\":\"");
+        push_timestamp(line, now)?;
+        line.push_str("\",\"level\":\"");
+        line.push_str(level.as_str());
+        line.push('"');
+    } else {
+        push_timestamp(line, now)?;
+        line.push(' ');
+        line.push_str(padded(level));
+        line.push(' ');
+    }
+    Some(())
 }
 
 /// The spans in scope, root first, as the stock text formatter writes them
@@ -689,5 +705,8 @@ impl fmt::Write for AnsiEscaped<'_> {
     }
 }
 
+mod direct;
 #[cfg(test)]
 mod tests;
+
+pub use direct::DirectRpcLine;

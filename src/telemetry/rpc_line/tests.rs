@@ -418,3 +418,94 @@ fn prerendered_fields_are_the_stock_line_and_are_used() {
     );
     assert!(planted.ends_with(" INFO planted\n"), "{planted}");
 }
+
+/// Counts the RPC line's events that reach the subscriber's layers.
+struct CountRpcEvents(Arc<AtomicUsize>);
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for CountRpcEvents {
+    fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().name() == RPC_NAME {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs `emit` under a subscriber built as `telemetry::init` builds it
+/// (filter, formatter, [`DirectRpcLine`]) writing to a [`BatchWriter`];
+/// returns what was written and how many RPC events reached the layers.
+fn write_direct_with(json: bool, filter: &str, emit: impl Fn()) -> (String, usize) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let sink = Capture::default();
+    let (writer, guard) = crate::telemetry::BatchWriter::spawn(sink.clone());
+    let events = Arc::new(AtomicUsize::new(0));
+    let direct = DirectRpcLine {
+        writer: writer.clone(),
+        json,
+        now: fixed,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(writer)
+        .with_ansi(false);
+    if json {
+        let subscriber = builder
+            .fmt_fields(JsonFields::new())
+            .event_format(ours(RpcLineFormat::json(stock_json())))
+            .finish()
+            .with(CountRpcEvents(events.clone()))
+            .with(direct);
+        tracing::subscriber::with_default(subscriber, emit);
+    } else {
+        let subscriber = builder
+            .event_format(ours(RpcLineFormat::text(stock_text())))
+            .finish()
+            .with(CountRpcEvents(events.clone()))
+            .with(direct);
+        tracing::subscriber::with_default(subscriber, emit);
+    }
+    drop(guard);
+    (sink.text(), events.load(Ordering::Relaxed))
+}
+
+/// Catches: a line written past the subscriber that differs by a byte from
+/// the stock one (prefix, fields, the closing brace or newline), a direct
+/// path that is never taken (the events would reach the layers), one taken
+/// inside a span (the text line would lose its span prefix, the JSON line
+/// its spans) or for a line the filter turned off.
+#[test]
+fn direct_lines_are_the_stock_lines_and_skip_the_subscriber() {
+    let lines = lines();
+    for json in [false, true] {
+        let as_display = || lines.iter().for_each(|l| l.write_as(false));
+        let stock = if json {
+            write_with(stock_json(), true, false, as_display)
+        } else {
+            write_with(stock_text(), false, false, as_display)
+        };
+        let emit = || lines.iter().for_each(RpcLine::write);
+        let (direct, events) = write_direct_with(json, "info", emit);
+        assert_eq!(direct, stock, "json: {json}");
+        assert_eq!(events, 0, "json: {json}: the events reached the subscriber");
+
+        // Inside a span the event is emitted, and written with the span.
+        let in_span = || tracing::info_span!("outer").in_scope(|| lines[0].write());
+        let (written, events) = write_direct_with(json, "info", in_span);
+        assert_eq!(events, 1, "json: {json}: {written}");
+        let stock = if json {
+            write_with(stock_json(), true, false, || {
+                tracing::info_span!("outer").in_scope(|| lines[0].write_as(false))
+            })
+        } else {
+            write_with(stock_text(), false, false, || {
+                tracing::info_span!("outer").in_scope(|| lines[0].write_as(false))
+            })
+        };
+        assert_eq!(written, stock, "json: {json}");
+        assert!(written.contains("outer"), "{written}");
+
+        // A filter that turns the line off still does.
+        let (written, events) =
+            write_direct_with(json, "info,credential_authority::service=warn", emit);
+        assert_eq!((written.as_str(), events), ("", 0), "json: {json}");
+    }
+}
