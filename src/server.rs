@@ -24,7 +24,7 @@ use crate::pb::credential_authority_server::CredentialAuthorityServer;
 use crate::request_id::RequestIdLayer;
 use crate::service::AuthorityService;
 use crate::store::journal::{HealthCallback, HealthEvent};
-use crate::store::redis::{redacted_url, RedisOpenError, RedisOptions, RedisStore};
+use crate::store::redis::{redacted_url, Probe, RedisOpenError, RedisOptions, RedisStore};
 use crate::store::{Backend, DurableOptions, OpenError, Store, StoreConfig};
 use crate::transport::http2::{self, Http2Config};
 use crate::transport::{PeerInfo, TlsReloader, Transport};
@@ -262,9 +262,9 @@ impl Drop for Background {
 const REDIS_PROBE: Duration = Duration::from_millis(500);
 
 /// Connects to Redis, and starts the task that prunes dead credentials and
-/// turns health NOT_SERVING while Redis does not answer (calls then fail
-/// UNAVAILABLE with RetryInfo; the process keeps running and recovers by
-/// itself).
+/// turns health NOT_SERVING while Redis does not answer or may evict keys
+/// (calls then fail UNAVAILABLE with RetryInfo; the process keeps running
+/// and recovers by itself).
 async fn open_redis(
     settings: &ServerSettings,
     options: &RedisOptions,
@@ -280,26 +280,36 @@ async fn open_redis(
     let probe = store.clone();
     let reporter = health.clone();
     let task = tokio::spawn(async move {
-        let mut serving = true;
+        let mut last = Probe::Up;
         let mut ticks = tokio::time::interval(REDIS_PROBE);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let up = probe.ping().await;
-            if up {
+            let found = probe.probe().await;
+            if found == Probe::Up {
                 let _ = probe.prune().await;
             }
-            if up != serving {
-                serving = up;
-                let status = if up {
-                    tracing::info!("Redis answers again");
-                    ServingStatus::Serving
-                } else {
-                    tracing::error!(
-                        "Redis does not answer: calls fail UNAVAILABLE with RetryInfo until it does"
-                    );
-                    ServingStatus::NotServing
+            if found != last {
+                let status = match &found {
+                    Probe::Up => {
+                        tracing::info!("Redis answers again and may not evict keys");
+                        ServingStatus::Serving
+                    }
+                    Probe::Unreachable => {
+                        tracing::error!(
+                            "Redis does not answer: calls fail UNAVAILABLE with RetryInfo until it does"
+                        );
+                        ServingStatus::NotServing
+                    }
+                    Probe::Evicting { policy } => {
+                        tracing::error!(
+                            policy = %policy,
+                            "Redis now has a maxmemory-policy that may evict keys (an evicted RevokeAll generation or tombstone would revive revoked tokens): calls fail UNAVAILABLE with RetryInfo until it is set back to noeviction"
+                        );
+                        ServingStatus::NotServing
+                    }
                 };
+                last = found;
                 reporter.set_service_status("", status).await;
                 reporter.set_service_status(SERVICE_NAME, status).await;
             }

@@ -267,6 +267,56 @@ fn refuses_a_redis_that_may_evict() {
     );
 }
 
+/// Catches: a `maxmemory-policy` changed after start going unnoticed (calls
+/// answered while Redis may evict a generation or tombstone), reported as a
+/// dead token instead of our fault, or never recovered from once undone.
+#[tokio::test]
+async fn a_policy_that_may_evict_set_after_start_stops_every_call_until_undone() {
+    let redis = RedisServer::start(&[]);
+    let server = authority(&redis, &[]);
+    let mut caller = client(&server).await;
+    health_becomes(&server, SERVING).await;
+    let token = caller
+        .mint(mint_request("thread-policy"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    resolve(&mut caller, &token).await.unwrap();
+
+    assert_eq!(
+        redis
+            .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+            .trim(),
+        "OK"
+    );
+    health_becomes(&server, NOT_SERVING).await;
+    let refused = [
+        resolve(&mut caller, &token).await.unwrap_err(),
+        caller
+            .mint(mint_request("thread-policy"))
+            .await
+            .unwrap_err(),
+    ];
+    for status in &refused {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(reason(status), "SERVICE_UNAVAILABLE", "{status:?}");
+        assert!(status.get_error_details().retry_info().is_some());
+    }
+    assert!(server.log().contains("allkeys-lru"), "{}", server.log());
+
+    assert_eq!(
+        redis
+            .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+            .trim(),
+        "OK"
+    );
+    health_becomes(&server, SERVING).await;
+    resolve(&mut caller, &token)
+        .await
+        .expect("the credential resolves again, unharmed");
+}
+
 /// Catches: a password from the file not used, or the password (from the
 /// file or the URL) written to the log.
 #[tokio::test]

@@ -167,6 +167,26 @@ struct Shared {
     local_clock: Arc<dyn Clock>,
     /// Whether the latest command reached Redis, for the health reporter.
     reachable: AtomicBool,
+    /// The latest probe found a `maxmemory-policy` other than `noeviction`
+    /// (checked at start, but an operator can change it at any time):
+    /// every call is refused until it is set back, since an evicted
+    /// generation or tombstone would let a revoked token resolve.
+    evicting: AtomicBool,
+}
+
+/// What [`RedisStore::probe`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Redis answers and may not evict keys.
+    Up,
+    /// Redis did not answer (or refused the probe).
+    Unreachable,
+    /// Redis answers but its `maxmemory-policy` lets it evict keys; calls
+    /// fail UNAVAILABLE until it is `noeviction` again.
+    Evicting {
+        /// The policy found.
+        policy: String,
+    },
 }
 
 impl RedisStore {
@@ -252,6 +272,7 @@ impl RedisStore {
                 time: test_clock.map_or(TimeSource::Redis, TimeSource::Local),
                 local_clock,
                 reachable: AtomicBool::new(true),
+                evicting: AtomicBool::new(false),
             }),
         })
     }
@@ -266,21 +287,49 @@ impl RedisStore {
         self.shared.reachable.load(Ordering::Acquire)
     }
 
-    /// One PING: whether Redis answers now (the health reporter's probe).
-    pub async fn ping(&self) -> bool {
+    /// The health reporter's probe, one round trip: whether Redis answers,
+    /// and whether its `maxmemory-policy` is still `noeviction` (calls are
+    /// refused while it is not; see [`Probe::Evicting`]).
+    pub async fn probe(&self) -> Probe {
         let mut connection = self.shared.connection.clone();
-        let ok = redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .is_ok();
-        self.shared.reachable.store(ok, Ordering::Release);
-        ok
+        let reply = redis::pipe()
+            .cmd("PING")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async::<(String, Vec<String>)>(&mut connection)
+            .await;
+        self.shared
+            .reachable
+            .store(reply.is_ok(), Ordering::Release);
+        let Ok((_, policy)) = reply else {
+            return Probe::Unreachable;
+        };
+        let policy = policy.get(1).cloned().unwrap_or_default();
+        let evicting = policy != "noeviction";
+        self.shared.evicting.store(evicting, Ordering::Release);
+        if evicting {
+            Probe::Evicting { policy }
+        } else {
+            Probe::Up
+        }
+    }
+
+    /// Refuses every call while the latest probe found Redis free to evict.
+    fn refuse_while_evicting(&self) -> Result<(), Rejection> {
+        if self.shared.evicting.load(Ordering::Acquire) {
+            return Err(Rejection::Unavailable {
+                what: "Redis may evict keys: its maxmemory-policy is no longer noeviction",
+            });
+        }
+        Ok(())
     }
 
     /// Sends one command; a function Redis no longer has (flushed, or a
     /// fresh server after a failover without persistence) is loaded again
     /// and the command retried once: the only second command allowed.
     async fn call(&self, command: Cmd) -> Result<Value, Rejection> {
+        self.refuse_while_evicting()?;
         let mut connection = self.shared.connection.clone();
         let first = command.query_async::<Value>(&mut connection).await;
         let result = match first {
@@ -311,6 +360,7 @@ impl RedisStore {
         if wanted == 0 || writers.is_empty() {
             return self.call(command).await;
         }
+        self.refuse_while_evicting()?;
         let at = self.shared.next_writer.fetch_add(1, Ordering::Relaxed) % writers.len();
         let mut connection = writers[at].clone();
         let mut pipeline = redis::pipe();
