@@ -267,6 +267,12 @@ fn refuses_a_redis_that_may_evict() {
     );
 }
 
+/// Sets Redis's `maxmemory-policy` at run time, as an operator could.
+fn set_policy(redis: &RedisServer, policy: &str) {
+    let reply = redis.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
+    assert_eq!(reply.trim(), "OK", "{policy}");
+}
+
 /// Catches: a `maxmemory-policy` changed after start going unnoticed (calls
 /// answered while Redis may evict a generation or tombstone), reported as a
 /// dead token instead of our fault, or never recovered from once undone.
@@ -284,12 +290,7 @@ async fn a_policy_that_may_evict_set_after_start_stops_every_call_until_undone()
         .token;
     resolve(&mut caller, &token).await.unwrap();
 
-    assert_eq!(
-        redis
-            .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
-            .trim(),
-        "OK"
-    );
+    set_policy(&redis, "allkeys-lru");
     health_becomes(&server, NOT_SERVING).await;
     let refused = [
         resolve(&mut caller, &token).await.unwrap_err(),
@@ -305,12 +306,7 @@ async fn a_policy_that_may_evict_set_after_start_stops_every_call_until_undone()
     }
     assert!(server.log().contains("allkeys-lru"), "{}", server.log());
 
-    assert_eq!(
-        redis
-            .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
-            .trim(),
-        "OK"
-    );
+    set_policy(&redis, "noeviction");
     health_becomes(&server, SERVING).await;
     resolve(&mut caller, &token)
         .await

@@ -153,6 +153,15 @@ fn stock_json() -> format::Format<format::Json, FixedTimer> {
         .flatten_event(true)
 }
 
+/// What the stock formatter (JSON or text, no colour) writes for `emit`.
+fn stock_lines(json: bool, emit: impl Fn()) -> String {
+    if json {
+        write_with(stock_json(), true, false, emit)
+    } else {
+        write_with(stock_text(), false, false, emit)
+    }
+}
+
 fn ours<F>(format: RpcLineFormat<F>) -> RpcLineFormat<F> {
     RpcLineFormat {
         now: fixed,
@@ -365,12 +374,7 @@ fn prerendered_fields_are_the_stock_line_and_are_used() {
     let lines = lines();
     for json in [false, true] {
         // The stock formatters get `Display` values, as in production.
-        let as_display = || lines.iter().for_each(|l| l.write_as(false));
-        let stock = if json {
-            write_with(stock_json(), true, false, as_display)
-        } else {
-            write_with(stock_text(), false, false, as_display)
-        };
+        let stock = stock_lines(json, || lines.iter().for_each(|l| l.write_as(false)));
         let emit = || lines.iter().for_each(|l| l.write_prerendered(json));
         let reached_stock = Arc::new(AtomicUsize::new(0));
         let fast = if json {
@@ -476,12 +480,7 @@ fn write_direct_with(json: bool, filter: &str, emit: impl Fn()) -> (String, usiz
 fn direct_lines_are_the_stock_lines_and_skip_the_subscriber() {
     let lines = lines();
     for json in [false, true] {
-        let as_display = || lines.iter().for_each(|l| l.write_as(false));
-        let stock = if json {
-            write_with(stock_json(), true, false, as_display)
-        } else {
-            write_with(stock_text(), false, false, as_display)
-        };
+        let stock = stock_lines(json, || lines.iter().for_each(|l| l.write_as(false)));
         let emit = || lines.iter().for_each(RpcLine::write);
         let (direct, events) = write_direct_with(json, "info", emit);
         assert_eq!(direct, stock, "json: {json}");
@@ -491,15 +490,9 @@ fn direct_lines_are_the_stock_lines_and_skip_the_subscriber() {
         let in_span = || tracing::info_span!("outer").in_scope(|| lines[0].write());
         let (written, events) = write_direct_with(json, "info", in_span);
         assert_eq!(events, 1, "json: {json}: {written}");
-        let stock = if json {
-            write_with(stock_json(), true, false, || {
-                tracing::info_span!("outer").in_scope(|| lines[0].write_as(false))
-            })
-        } else {
-            write_with(stock_text(), false, false, || {
-                tracing::info_span!("outer").in_scope(|| lines[0].write_as(false))
-            })
-        };
+        let stock = stock_lines(json, || {
+            tracing::info_span!("outer").in_scope(|| lines[0].write_as(false))
+        });
         assert_eq!(written, stock, "json: {json}");
         assert!(written.contains("outer"), "{written}");
 
